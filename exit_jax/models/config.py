@@ -1,0 +1,108 @@
+"""Model configurations: one frozen dataclass covering the llama, qwen2 and gemma families, plus presets.
+
+Each field mirrors the Hugging Face `config.json` field it comes from, so that the decoder computes
+exactly what `transformers` computes for that family.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+FAMILIES = ("llama", "qwen2", "gemma")
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """Llama 3.x frequency-dependent RoPE scaling (HF `rope_type: "llama3"`)."""
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    family: str  # "llama" | "qwen2" | "gemma"
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    rope_theta: float = 10000.0
+    rope_scaling: Optional[RopeScaling] = None
+    rms_norm_eps: float = 1e-6
+    tie_embeddings: bool = False
+    max_position_embeddings: int = 8192
+    name: str = ""
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ValueError(f"Unknown model family {self.family!r}; expected one of {FAMILIES}.")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads} (GQA).")
+
+    # Family switches, derived so that a config cannot contradict its family.
+    @property
+    def qkv_bias(self) -> bool:  # Qwen2 has biases on q/k/v projections only.
+        return self.family == "qwen2"
+
+    @property
+    def norm_offset(self) -> float:  # Gemma's RMSNorm multiplies by (1 + w).
+        return 1.0 if self.family == "gemma" else 0.0
+
+    @property
+    def embed_scale(self) -> bool:  # Gemma scales embeddings by sqrt(hidden_size).
+        return self.family == "gemma"
+
+    @property
+    def activation(self) -> str:  # Gemma: GeGLU with tanh-approximate GELU; others: SwiGLU.
+        return "gelu_tanh" if self.family == "gemma" else "silu"
+
+    def num_params(self) -> int:
+        d, f, v = self.hidden_size, self.intermediate_size, self.vocab_size
+        q = self.num_heads * self.head_dim
+        kv = self.num_kv_heads * self.head_dim
+        attn = d * q + 2 * d * kv + q * d + (q + 2 * kv if self.qkv_bias else 0)
+        layer = attn + 3 * d * f + 2 * d
+        return self.num_layers * layer + v * d * (1 if self.tie_embeddings else 2) + d
+
+
+PRESETS = {
+    "tiny": ModelConfig(
+        family="llama", vocab_size=512, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+        head_dim=16, intermediate_size=128, rope_theta=10000.0, rms_norm_eps=1e-5,
+        tie_embeddings=True, max_position_embeddings=2048, name="tiny"),
+    "smollm2-135m-instruct": ModelConfig(
+        family="llama", vocab_size=49152, hidden_size=576, num_layers=30, num_heads=9, num_kv_heads=3,
+        head_dim=64, intermediate_size=1536, rope_theta=100000.0, rms_norm_eps=1e-5,
+        tie_embeddings=True, max_position_embeddings=8192, name="smollm2-135m-instruct"),
+    "llama-3.2-3b-instruct": ModelConfig(
+        family="llama", vocab_size=128256, hidden_size=3072, num_layers=28, num_heads=24,
+        num_kv_heads=8, head_dim=128, intermediate_size=8192, rope_theta=500000.0,
+        rope_scaling=RopeScaling(32.0, 1.0, 4.0, 8192), rms_norm_eps=1e-5, tie_embeddings=True,
+        max_position_embeddings=131072, name="llama-3.2-3b-instruct"),
+    "qwen2.5-7b-instruct": ModelConfig(
+        family="qwen2", vocab_size=152064, hidden_size=3584, num_layers=28, num_heads=28,
+        num_kv_heads=4, head_dim=128, intermediate_size=18944, rope_theta=1000000.0,
+        rms_norm_eps=1e-6, tie_embeddings=False, max_position_embeddings=32768,
+        name="qwen2.5-7b-instruct"),
+    "deepseek-r1-distill-qwen-7b": ModelConfig(
+        family="qwen2", vocab_size=152064, hidden_size=3584, num_layers=28, num_heads=28,
+        num_kv_heads=4, head_dim=128, intermediate_size=18944, rope_theta=10000.0,
+        rms_norm_eps=1e-6, tie_embeddings=False, max_position_embeddings=131072,
+        name="deepseek-r1-distill-qwen-7b"),
+    "gemma-2b": ModelConfig(
+        family="gemma", vocab_size=256000, hidden_size=2048, num_layers=18, num_heads=8,
+        num_kv_heads=1, head_dim=256, intermediate_size=16384, rope_theta=10000.0,
+        rms_norm_eps=1e-6, tie_embeddings=True, max_position_embeddings=8192, name="gemma-2b"),
+}
+
+
+def preset(name: str) -> ModelConfig:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"Unknown model preset {name!r}; known presets: {sorted(PRESETS)}.") from None

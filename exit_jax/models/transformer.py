@@ -1,0 +1,214 @@
+"""One flax.linen decoder for the llama, qwen2 and gemma families, with a functional KV cache.
+
+Parameter tree (flax `Dense` kernels are [in, out]; Hugging Face stores [out, in]):
+
+    embed/embedding                    [V, D]
+    layers_{i}/attn_norm/scale         [D]
+    layers_{i}/attn/{q,k,v}/kernel     [D, H*hd] / [D, Hkv*hd]   (+ /bias on qwen2)
+    layers_{i}/attn/o/kernel           [H*hd, D]
+    layers_{i}/mlp_norm/scale          [D]
+    layers_{i}/mlp/{gate,up}/kernel    [D, F]
+    layers_{i}/mlp/down/kernel         [F, D]
+    final_norm/scale                   [D]
+    lm_head/kernel                     [D, V]                    (absent when embeddings are tied)
+
+The cache is a plain dict {"layers_{i}": {"k": [B, S, Hkv, hd], "v": [B, S, Hkv, hd]}}; callers pass
+explicit positions and a boolean attention mask [B, T, S], so left padding, prefill and one-token
+decode are all the same call (the style of google-deepmind/gemma's sampler).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from exit_jax.models.config import ModelConfig
+
+Cache = dict
+
+
+class RMSNorm(nn.Module):
+    eps: float
+    offset: float  # 1.0 for Gemma's (1 + w) scaling, whose weights are stored zero-centred.
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        init = nn.initializers.zeros if self.offset else nn.initializers.ones
+        scale = self.param("scale", init, (x.shape[-1],), self.param_dtype)
+        # Normalise in float32 as HF does, whatever the compute dtype.
+        xf = x.astype(jnp.float32)
+        xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+        if self.offset:  # HF Gemma: (x * (1 + w)) in float32, then cast.
+            return (xf * (1.0 + scale.astype(jnp.float32))).astype(self.dtype)
+        return scale.astype(self.dtype) * xf.astype(self.dtype)  # HF Llama: w * x.to(dtype)
+
+
+def rope_inv_freq(config: ModelConfig) -> np.ndarray:
+    """Inverse frequencies [hd/2], including Llama 3's frequency-dependent scaling."""
+    hd = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd))
+    rs = config.rope_scaling
+    if rs is not None:
+        low_wavelen = rs.original_max_position_embeddings / rs.low_freq_factor
+        high_wavelen = rs.original_max_position_embeddings / rs.high_freq_factor
+        wavelen = 2 * np.pi / inv_freq
+        scaled = np.where(wavelen > low_wavelen, inv_freq / rs.factor, inv_freq)
+        smooth = (rs.original_max_position_embeddings / wavelen - rs.low_freq_factor) / (
+            rs.high_freq_factor - rs.low_freq_factor)
+        smoothed = (1 - smooth) * scaled / rs.factor + smooth * scaled
+        is_medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        inv_freq = np.where(is_medium, smoothed, scaled)
+    return inv_freq.astype(np.float32)
+
+
+def apply_rope(x, positions, inv_freq):
+    """HF "rotate_half" RoPE. x: [B, T, H, hd]; positions: [B, T]."""
+    angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, hd/2]
+    emb = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]  # [B, T, 1, hd]
+    cos, sin = jnp.cos(emb).astype(x.dtype), jnp.sin(emb).astype(x.dtype)
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    return x * cos + jnp.concatenate([-x2, x1], axis=-1) * sin
+
+
+class Attention(nn.Module):
+    config: ModelConfig
+    dtype: Any
+    param_dtype: Any
+
+    @nn.compact
+    def __call__(self, x, positions, mask, cache: Optional[Cache], cache_index):
+        c = self.config
+        dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
+        b, t, _ = x.shape
+        q = dense(c.num_heads * c.head_dim, use_bias=c.qkv_bias, name="q")(x)
+        k = dense(c.num_kv_heads * c.head_dim, use_bias=c.qkv_bias, name="k")(x)
+        v = dense(c.num_kv_heads * c.head_dim, use_bias=c.qkv_bias, name="v")(x)
+        q = q.reshape(b, t, c.num_heads, c.head_dim)
+        k = k.reshape(b, t, c.num_kv_heads, c.head_dim)
+        v = v.reshape(b, t, c.num_kv_heads, c.head_dim)
+        inv_freq = jnp.asarray(rope_inv_freq(c))
+        q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+        if cache is not None:
+            start = (0, cache_index, 0, 0)
+            k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start)
+            v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)
+            cache = {"k": k, "v": v}
+        groups = c.num_heads // c.num_kv_heads
+        q = q.reshape(b, t, c.num_kv_heads, groups, c.head_dim) * (c.head_dim ** -0.5)
+        scores = jnp.einsum("btkgd,bskd->bkgts", q, k.astype(q.dtype),
+                            preferred_element_type=jnp.float32)  # [B, Hkv, G, T, S]
+        scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+        out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(self.dtype))
+        out = out.reshape(b, t, c.num_heads * c.head_dim)
+        return dense(c.hidden_size, use_bias=False, name="o")(out), cache
+
+
+class MLP(nn.Module):
+    config: ModelConfig
+    dtype: Any
+    param_dtype: Any
+
+    @nn.compact
+    def __call__(self, x):
+        c = self.config
+        dense = functools.partial(nn.Dense, use_bias=False, dtype=self.dtype,
+                                  param_dtype=self.param_dtype)
+        gate = dense(c.intermediate_size, name="gate")(x)
+        up = dense(c.intermediate_size, name="up")(x)
+        act = jax.nn.silu(gate) if c.activation == "silu" else jax.nn.gelu(gate, approximate=True)
+        return dense(c.hidden_size, name="down")(act * up)
+
+
+class Block(nn.Module):
+    config: ModelConfig
+    dtype: Any
+    param_dtype: Any
+
+    @nn.compact
+    def __call__(self, x, positions, mask, cache, cache_index):
+        c = self.config
+        norm = functools.partial(RMSNorm, c.rms_norm_eps, c.norm_offset, self.dtype, self.param_dtype)
+        h, cache = Attention(c, self.dtype, self.param_dtype, name="attn")(
+            norm(name="attn_norm")(x), positions, mask, cache, cache_index)
+        x = x + h
+        x = x + MLP(c, self.dtype, self.param_dtype, name="mlp")(norm(name="mlp_norm")(x))
+        return x, cache
+
+
+class Transformer(nn.Module):
+    """Decoder-only LM. Returns float32 logits [B, T, V], the new cache, and the final hidden states."""
+    config: ModelConfig
+    dtype: Any = jnp.float32  # compute dtype (bfloat16 on TPU/GPU)
+    param_dtype: Any = jnp.float32
+    remat: bool = False  # recompute each block in the backward pass (long sequences)
+
+    @nn.compact
+    def __call__(self, tokens, positions, mask, cache: Optional[Cache] = None, cache_index=0):
+        c = self.config
+        embed = nn.Embed(c.vocab_size, c.hidden_size, dtype=self.dtype,
+                         param_dtype=self.param_dtype, name="embed")
+        x = embed(tokens)
+        if c.embed_scale:  # HF Gemma multiplies by sqrt(D) rounded to the compute dtype.
+            x = x * jnp.asarray(c.hidden_size ** 0.5, self.dtype)
+        block_cls = nn.remat(Block, prevent_cse=False) if self.remat else Block
+        new_cache = {} if cache is not None else None
+        for i in range(c.num_layers):
+            name = f"layers_{i}"
+            x, layer_cache = block_cls(c, self.dtype, self.param_dtype, name=name)(
+                x, positions, mask, None if cache is None else cache[name], cache_index)
+            if cache is not None:
+                new_cache[name] = layer_cache
+        hidden = RMSNorm(c.rms_norm_eps, c.norm_offset, self.dtype, self.param_dtype,
+                         name="final_norm")(x)
+        if c.tie_embeddings:
+            logits = embed.attend(hidden)
+        else:
+            logits = nn.Dense(c.vocab_size, use_bias=False, dtype=self.dtype,
+                              param_dtype=self.param_dtype, name="lm_head")(hidden)
+        return logits.astype(jnp.float32), new_cache, hidden
+
+
+def positions_from_mask(input_mask):
+    """Positions for left- (or right-) padded rows: count of real tokens before each slot. [B, T]."""
+    return jnp.maximum(jnp.cumsum(input_mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def causal_mask(input_mask):
+    """[B, T] validity -> [B, T, T] causal attention mask that ignores padded keys."""
+    t = input_mask.shape[-1]
+    causal = jnp.tril(jnp.ones((t, t), dtype=bool))
+    return causal[None] & input_mask[:, None, :].astype(bool)
+
+
+def init_cache(config: ModelConfig, batch: int, length: int, dtype=jnp.float32) -> Cache:
+    shape = (batch, length, config.num_kv_heads, config.head_dim)
+    return {f"layers_{i}": {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+            for i in range(config.num_layers)}
+
+
+def init_params(config: ModelConfig, seed: int = 0, param_dtype=jnp.float32):
+    """Randomly initialised parameters (for tests and models trained from scratch)."""
+    model = Transformer(config, param_dtype=param_dtype)
+    tokens = jnp.zeros((1, 4), jnp.int32)
+    mask = jnp.ones((1, 4), bool)
+    variables = jax.jit(model.init)(jax.random.PRNGKey(seed), tokens,
+                                    positions_from_mask(mask), causal_mask(mask))
+    return variables["params"]
+
+
+def forward(params, config: ModelConfig, tokens, input_mask=None, dtype=jnp.float32, remat=False,
+            return_hidden=False):
+    """No-cache forward pass. tokens int32 [B, T]; input_mask bool [B, T] (default: all valid)."""
+    if input_mask is None:
+        input_mask = jnp.ones(tokens.shape, bool)
+    model = Transformer(config, dtype=dtype, remat=remat)
+    logits, _, hidden = model.apply({"params": params}, tokens, positions_from_mask(input_mask),
+                                    causal_mask(input_mask))
+    return (logits, hidden) if return_hidden else logits
