@@ -1,0 +1,374 @@
+"""The GRPO update step: one per-device function, run on one device, under `jax.pmap`, or FSDP-sharded.
+
+A batch is a dict of arrays over B = prompts x samples rows of L tokens (prompt, left-padded, then the
+completion), exactly as the sampler produced them:
+
+    tokens           int32 [B, L]
+    input_mask       bool  [B, L]   real (non-padding) tokens
+    completion_mask  bool  [B, L]   tokens whose log-prob is trained (token t is scored by logits at t-1)
+    old_logprobs     f32   [B, L]   the sampler's log-probs, aligned like completion_mask
+    advantages       f32   [B]      paper Eq. 3
+    advantage_multiplier f32 [B]    optional: the diversity coefficient (paper Eq. 6)
+    sample_mask      bool  [B]      optional: False drops a sample (drop_zero_variance_groups)
+
+Parallel modes ("parallel" in LearnerConfig), all giving the single-device result:
+  single: one device.
+  pmap:   data parallel; params replicated; each device sums its share of the loss, whose normalisers
+          are global, and the gradients are psum'd (= pmean of per-device full-normaliser gradients).
+  fsdp:   jit over a 1-D Mesh; the batch is split over devices and every param / optimizer-state leaf
+          is sharded along its largest divisible dimension (ZeRO-3 style); XLA inserts the gathers.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from exit_jax.models import transformer
+from exit_jax.models.config import ModelConfig
+from exit_jax.rl import grpo
+
+AXIS = "data"  # the pmap axis name and the FSDP mesh axis
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+PARALLEL_MODES = ("single", "pmap", "fsdp")
+REQUIRED_KEYS = ("tokens", "input_mask", "completion_mask", "old_logprobs", "advantages")
+OPTIONAL_KEYS = ("advantage_multiplier", "sample_mask")
+Batch = dict
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnerConfig:
+    # Optimizer (paper §13 defaults: AdamW .9/.999, no weight decay, 10-step warmup, clip 1.0).
+    learning_rate: float = 1e-6
+    warmup_steps: int = 10
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    # Objective (paper Eq. 4, §13.5-6).
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    kl_beta: float = 0.0
+    kl_estimator: str = "k3"
+    aggregation: str = "seq_mean_token_mean"
+    max_completion_length: Optional[int] = None  # dr_grpo normaliser; None: the batch length L
+    temperature: float = 1.0  # must match the sampler's, so old and new log-probs are comparable
+    group_size: Optional[int] = None  # only for the zero-variance-group metric
+    # Schedule of one GRPO iteration.
+    epochs: int = 1  # optimizer steps over each batch (paper: 1 math / MLE, 2 tool use)
+    micro_batch_size: int = 0  # rows per device per gradient-accumulation step; 0: all at once
+    ref_update_every: int = 100  # M (paper Tables 4-6)
+    ref_alpha: float = 1.0  # ref <- alpha * theta + (1 - alpha) * ref
+    # Precision and memory.
+    compute_dtype: str = "float32"  # "bfloat16" for forward/backward; log-softmax and loss stay f32
+    param_dtype: str = "float32"  # "bfloat16" halves params + optimizer state memory
+    remat: bool = False  # recompute each layer in the backward pass
+    compute_entropy: bool = True  # an extra pass over the logits, for the entropy metric only
+    parallel: str = "single"
+
+    def __post_init__(self):
+        for name, value, choices in (
+                ("kl_estimator", self.kl_estimator, grpo.KL_ESTIMATORS),
+                ("aggregation", self.aggregation, grpo.AGGREGATIONS),
+                ("compute_dtype", self.compute_dtype, tuple(DTYPES)),
+                ("param_dtype", self.param_dtype, tuple(DTYPES)),
+                ("parallel", self.parallel, PARALLEL_MODES)):
+            if value not in choices:
+                raise ValueError(f"LearnerConfig.{name}={value!r}; expected one of {choices}.")
+        for name in ("epochs", "ref_update_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"LearnerConfig.{name} must be >= 1; got {getattr(self, name)}.")
+        if self.micro_batch_size < 0 or self.warmup_steps < 0:
+            raise ValueError("LearnerConfig.micro_batch_size and warmup_steps must be >= 0.")
+        if not 0.0 <= self.ref_alpha <= 1.0:
+            raise ValueError(f"LearnerConfig.ref_alpha must lie in [0, 1]; got {self.ref_alpha}.")
+        if self.temperature <= 0:
+            raise ValueError(f"LearnerConfig.temperature must be > 0; got {self.temperature}.")
+
+
+class TrainState(NamedTuple):
+    step: jax.Array  # int32 []: GRPO iterations done
+    params: Any
+    opt_state: Any
+    ref_params: Any  # None when kl_beta == 0: no reference forward pass at all
+    skipped: jax.Array  # int32 []: optimizer steps skipped for a non-finite loss or gradient
+
+
+def make_optimizer(cfg: LearnerConfig) -> optax.GradientTransformation:
+    def schedule(count):  # linear warmup that already moves on the first step, then constant
+        if cfg.warmup_steps == 0:
+            return jnp.asarray(cfg.learning_rate, jnp.float32)
+        return cfg.learning_rate * jnp.minimum(1.0, (count + 1) / cfg.warmup_steps)
+    return optax.chain(
+        optax.clip_by_global_norm(cfg.max_grad_norm),
+        optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay))
+
+
+def init_state(params, cfg: LearnerConfig) -> TrainState:
+    """Fresh state; params are copied (the update donates its state) and cast to cfg.param_dtype."""
+    dtype = DTYPES[cfg.param_dtype]
+    params = jax.tree.map(lambda x: jnp.array(x, dtype=dtype), params)
+    ref = jax.tree.map(jnp.copy, params) if cfg.kl_beta > 0 else None  # starts at the initial θ
+    zero = jnp.zeros((), jnp.int32)
+    state = TrainState(zero, params, make_optimizer(cfg).init(params), ref, zero)
+    # Every leaf its own buffer: a donated argument may not alias itself (e.g. step and skipped).
+    return jax.tree.map(jnp.copy, state)
+
+
+def token_logprobs(params, model_config: ModelConfig, tokens, input_mask, temperature: float = 1.0,
+                   dtype=jnp.float32, remat: bool = False, with_entropy: bool = False):
+    """log softmax(logits / temperature) of each token given its prefix, as the sampler computes it.
+
+    tokens int32 [B, L], input_mask bool [B, L] -> logp f32 [B, L] (column 0 is 0: nothing predicts it),
+    and with_entropy: the entropy [B, L] of the distribution each token was drawn from (no gradient).
+    """
+    logits = transformer.forward(params, model_config, tokens, input_mask, dtype=dtype, remat=remat)
+    logits = logits.astype(jnp.float32) / temperature  # [B, L, V]
+    lse = jax.nn.logsumexp(logits, axis=-1)  # [B, L]
+    next_tokens = jnp.concatenate([tokens[:, 1:], jnp.zeros_like(tokens[:, :1])], axis=1)
+    picked = jnp.take_along_axis(logits, next_tokens[..., None], axis=-1)[..., 0]  # [B, L]
+    shift = lambda x: jnp.concatenate([jnp.zeros_like(x[:, :1]), x[:, :-1]], axis=1)
+    logp = shift(picked - lse)
+    if not with_entropy:
+        return logp, None
+    sg = jax.lax.stop_gradient
+    probs = jnp.exp(sg(logits) - sg(lse)[..., None])
+    entropy = sg(lse) - jnp.sum(probs * sg(logits), axis=-1)  # [B, L]
+    return logp, shift(entropy)
+
+
+def _psum(x, axis_name):
+    return x if axis_name is None else jax.lax.psum(x, axis_name)
+
+
+def _split_micro(x, n_micro: int):
+    """[B, ...] -> [n_micro, B / n_micro, ...]; micro-batch j takes rows j, j + n, ... so that, when B
+    is split over devices in contiguous blocks, every micro-batch still spans all devices evenly."""
+    x = x.reshape((x.shape[0] // n_micro, n_micro) + x.shape[1:])
+    return jnp.swapaxes(x, 0, 1)
+
+
+def _num_micro(batch_rows: int, cfg: LearnerConfig, num_shards: int) -> int:
+    if batch_rows % num_shards:
+        raise ValueError(f"batch of {batch_rows} rows does not split over {num_shards} devices.")
+    per_shard = batch_rows // num_shards
+    mbs = cfg.micro_batch_size or per_shard
+    if per_shard % mbs:
+        raise ValueError(f"per-device batch of {per_shard} rows is not a multiple of "
+                         f"LearnerConfig.micro_batch_size={mbs}.")
+    return per_shard // mbs
+
+
+def _batch_stats(batch, cfg: LearnerConfig, axis_name):
+    """Full-batch normalisers and advantage metrics (global over devices)."""
+    keep = batch.get("sample_mask", jnp.ones(batch["advantages"].shape, bool)).astype(jnp.float32)
+    n_seq = _psum(jnp.sum(keep), axis_name)
+    n_tok = _psum(jnp.sum(batch["completion_mask"] * keep[:, None]), axis_name)
+    adv = batch["advantages"] * batch.get("advantage_multiplier", 1.0)
+    mean = _psum(jnp.sum(keep * adv), axis_name) / jnp.maximum(n_seq, 1.0)
+    var = _psum(jnp.sum(keep * jnp.square(adv - mean)), axis_name) / jnp.maximum(n_seq, 1.0)
+    stats = {"advantage_mean": mean, "advantage_std": jnp.sqrt(var)}
+    advantages = batch["advantages"]  # [B]; a group may straddle devices, so gather them all
+    if axis_name is not None:
+        advantages = jax.lax.all_gather(advantages, axis_name, tiled=True)
+    stats["zero_variance_frac"] = grpo.zero_advantage_group_frac(advantages, cfg.group_size)
+    return n_seq, n_tok, stats
+
+
+def _gradients(params, ref_params, batch, model_config, cfg, axis_name, num_shards, mesh):
+    """Loss gradient of the whole (per-device share of the) batch, accumulated over micro-batches."""
+    n_micro = _num_micro(batch["tokens"].shape[0], cfg, num_shards)
+    n_seq, n_tok, stats = _batch_stats(batch, cfg, axis_name)
+    fwd = functools.partial(token_logprobs, model_config=model_config, temperature=cfg.temperature,
+                            dtype=DTYPES[cfg.compute_dtype], remat=cfg.remat)
+
+    def loss_fn(p, mb):
+        logp, entropy = fwd(p, tokens=mb["tokens"], input_mask=mb["input_mask"],
+                            with_entropy=cfg.compute_entropy)
+        ref_logp = None
+        if cfg.kl_beta > 0:
+            ref_logp = jax.lax.stop_gradient(
+                fwd(ref_params, tokens=mb["tokens"], input_mask=mb["input_mask"])[0])
+        return grpo.policy_loss(
+            logp, mb["old_logprobs"], mb["advantages"], mb["completion_mask"], ref_logp,
+            cfg.clip_low, cfg.clip_high, cfg.kl_beta, cfg.kl_estimator, cfg.aggregation,
+            advantage_multiplier=mb.get("advantage_multiplier"), sample_mask=mb.get("sample_mask"),
+            entropy=entropy, max_length=cfg.max_completion_length, num_sequences=n_seq,
+            num_tokens=n_tok)
+
+    def body(carry, mb):
+        grads, sums = carry
+        if mesh is not None:  # keep each micro-batch spread over the devices
+            mb = jax.lax.with_sharding_constraint(mb, NamedSharding(mesh, P(AXIS)))
+        (_, m), g = jax.value_and_grad(loss_fn, has_aux=True)(params, mb)
+        grads = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), grads, g)
+        sums = {k: sums[k] + m[k] for k in grpo.SUM_METRICS}
+        sums["ratio_min"] = jnp.minimum(carry[1]["ratio_min"], m["ratio_min"])
+        sums["ratio_max"] = jnp.maximum(carry[1]["ratio_max"], m["ratio_max"])
+        return (grads, sums), None
+
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    sums = {k: jnp.zeros((), jnp.float32) for k in grpo.SUM_METRICS}
+    sums.update(ratio_min=jnp.array(jnp.inf), ratio_max=jnp.array(-jnp.inf))
+    micro = jax.tree.map(lambda x: _split_micro(x, n_micro), batch)
+    (grads, metrics), _ = jax.lax.scan(body, (zeros, sums), micro)
+    if axis_name is not None:
+        grads = jax.lax.psum(grads, axis_name)
+        metrics = {k: jax.lax.psum(metrics[k], axis_name) for k in grpo.SUM_METRICS} | {
+            "ratio_min": jax.lax.pmin(metrics["ratio_min"], axis_name),
+            "ratio_max": jax.lax.pmax(metrics["ratio_max"], axis_name)}
+    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+    return grads, metrics | stats
+
+
+def _optimizer_step(state: TrainState, batch, model_config, cfg, axis_name, num_shards, mesh):
+    grads, metrics = _gradients(state.params, state.ref_params, batch, model_config, cfg, axis_name,
+                                num_shards, mesh)
+    finite = jnp.isfinite(metrics["loss"])
+    for g in jax.tree.leaves(grads):
+        finite &= jnp.all(jnp.isfinite(g))
+    updates, opt_state = make_optimizer(cfg).update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    # A non-finite loss or gradient leaves params and optimizer state (and its step count) untouched.
+    keep_old = lambda new, old: jnp.where(finite, new, old)
+    params = jax.tree.map(keep_old, params, state.params)
+    opt_state = jax.tree.map(keep_old, opt_state, state.opt_state)
+    skipped = (~finite).astype(jnp.int32)
+    metrics = metrics | {"grad_norm": optax.tree.norm(grads), "skipped": skipped}
+    return state._replace(params=params, opt_state=opt_state, skipped=state.skipped + skipped), metrics
+
+
+def update_step(state: TrainState, batch: Batch, model_config: ModelConfig, cfg: LearnerConfig,
+                axis_name: Optional[str] = None, num_shards: int = 1, mesh=None):
+    """One GRPO iteration (cfg.epochs optimizer steps over the batch, then the reference refresh).
+
+    The per-device function of every parallel mode: under pmap, axis_name names the mapped axis and
+    `batch` is this device's share; under FSDP, `batch` is global, num_shards devices share it and
+    `mesh` pins each micro-batch's layout. Returns (new state, metrics averaged over epochs).
+    """
+    def epoch(s, _):
+        return _optimizer_step(s, batch, model_config, cfg, axis_name, num_shards, mesh)
+
+    state, per_epoch = jax.lax.scan(epoch, state, None, length=cfg.epochs)
+    metrics = {k: jnp.mean(v) for k, v in per_epoch.items()}
+    metrics.update(ratio_min=jnp.min(per_epoch["ratio_min"]), ratio_max=jnp.max(per_epoch["ratio_max"]),
+                   skipped=jnp.sum(per_epoch["skipped"]))
+    step = state.step + 1
+    ref = state.ref_params
+    refresh = (step % cfg.ref_update_every) == 0
+    if ref is not None:  # paper §7: every M iterations ref <- alpha * theta + (1 - alpha) * ref
+        mix = lambda r: jax.tree.map(
+            lambda t, q: (cfg.ref_alpha * t.astype(jnp.float32)
+                          + (1.0 - cfg.ref_alpha) * q.astype(jnp.float32)).astype(q.dtype),
+            state.params, r)
+        ref = jax.lax.cond(refresh, mix, lambda r: r, ref)
+    metrics["ref_updated"] = (refresh & (ref is not None)).astype(jnp.int32)
+    return state._replace(step=step, ref_params=ref), metrics
+
+
+# ---------------------------------------------------------------- parallel modes: build, place, fetch
+
+def make_mesh() -> jax.sharding.Mesh:
+    """A 1-D mesh over every device of every process (Auto axes: classic GSPMD propagation)."""
+    return jax.make_mesh((jax.device_count(),), (AXIS,),
+                         axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def _fsdp_spec(shape, n: int) -> P:
+    """Shard the largest dimension that divides evenly over n devices; replicate small leaves."""
+    dims = sorted(range(len(shape)), key=lambda d: -shape[d])
+    for d in dims:
+        if shape[d] >= n and shape[d] % n == 0:
+            return P(*([None] * d + [AXIS]))
+    return P()
+
+
+def state_shardings(state, mesh):
+    """NamedSharding for every leaf of a state (works on arrays, tracers and ShapeDtypeStructs)."""
+    return jax.tree.map(lambda x: NamedSharding(mesh, _fsdp_spec(x.shape, mesh.size)), state)
+
+
+def make_update(model_config: ModelConfig, cfg: LearnerConfig,
+                mesh=None) -> Callable[[TrainState, Batch], tuple]:
+    """The compiled update for cfg.parallel: fn(placed_state, placed_batch) -> (state, metrics).
+
+    The state argument is donated (its buffers are reused for the new state).
+    """
+    if cfg.parallel == "single":
+        return jax.jit(functools.partial(update_step, model_config=model_config, cfg=cfg),
+                       donate_argnums=0)
+    if cfg.parallel == "pmap":
+        step = jax.pmap(functools.partial(update_step, model_config=model_config, cfg=cfg,
+                                          axis_name=AXIS), axis_name=AXIS, donate_argnums=0)
+
+        def pmapped(state, batch):
+            state, metrics = step(state, batch)
+            return state, jax.tree.map(lambda x: x[0], metrics)  # metrics are identical per device
+        return pmapped
+    mesh = make_mesh() if mesh is None else mesh
+
+    def fsdp(state, batch):
+        state, metrics = update_step(state, batch, model_config, cfg, num_shards=mesh.size, mesh=mesh)
+        return jax.lax.with_sharding_constraint(state, state_shardings(state, mesh)), metrics
+    return jax.jit(fsdp, donate_argnums=0)
+
+
+def place_state(state: TrainState, cfg: LearnerConfig, mesh=None) -> TrainState:
+    """Put a host-identical state on devices: replicated (pmap) or sharded (fsdp; multi-host safe)."""
+    if cfg.parallel == "single":
+        return jax.device_put(state)
+    if cfg.parallel == "pmap":  # one copy per local device, stacked on a leading axis
+        devices = jax.local_devices()
+        local = NamedSharding(jax.sharding.Mesh(np.array(devices), (AXIS,)), P(AXIS))
+        return jax.tree.map(lambda x: jax.device_put(
+            np.broadcast_to(np.asarray(x), (len(devices),) + x.shape), local), state)
+    mesh = make_mesh() if mesh is None else mesh
+
+    def put(x, sharding):
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+    return jax.tree.map(put, state, state_shardings(state, mesh))
+
+
+def place_batch(batch: Batch, cfg: LearnerConfig, mesh=None) -> Batch:
+    """Put this process's rows of the batch on its devices (multi-host: each host feeds its shard)."""
+    missing = [k for k in REQUIRED_KEYS if k not in batch]
+    unknown = [k for k in batch if k not in REQUIRED_KEYS + OPTIONAL_KEYS]
+    if missing or unknown:
+        raise ValueError(f"GRPO batch is missing keys {missing} / has unknown keys {unknown}; "
+                         f"expected {REQUIRED_KEYS} plus optionally {OPTIONAL_KEYS}.")
+    dtypes = {"tokens": np.int32, "input_mask": bool, "completion_mask": bool, "sample_mask": bool}
+    batch = {k: np.asarray(v, dtypes.get(k, np.float32)) for k, v in batch.items()}
+    rows = batch["tokens"].shape[0]
+    for k, v in batch.items():
+        if v.shape[:1] != (rows,) or (v.ndim == 2) != (k in REQUIRED_KEYS[:4]):
+            raise ValueError(f"GRPO batch field {k!r} has shape {v.shape}; expected "
+                             f"{'[B, L]' if k in REQUIRED_KEYS[:4] else '[B]'} with B={rows}.")
+    if cfg.parallel == "single":
+        return jax.device_put(batch)
+    if cfg.parallel == "pmap":
+        n = jax.local_device_count()
+        if rows % n:
+            raise ValueError(f"batch of {rows} rows does not split over {n} local devices.")
+        return jax.tree.map(lambda x: x.reshape((n, rows // n) + x.shape[1:]), batch)
+    sharding = NamedSharding(make_mesh() if mesh is None else mesh, P(AXIS))
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+
+
+def host_params(state: TrainState, cfg: LearnerConfig):
+    """The current params as host numpy arrays, whatever the parallel mode (gathers across hosts)."""
+    params = state.params
+    if cfg.parallel == "pmap":
+        params = jax.tree.map(lambda x: x[0], params)
+    leaves = jax.tree.leaves(params)
+    if leaves and not all(x.is_fully_addressable for x in leaves if isinstance(x, jax.Array)):
+        from jax.experimental import multihost_utils
+        return multihost_utils.process_allgather(params, tiled=True)
+    return jax.tree.map(np.asarray, params)

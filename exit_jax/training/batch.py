@@ -1,0 +1,51 @@
+"""Packs rollout segments into the learner's fixed-shape batch.
+
+Row layout (Lp = prompt bucket, N = max_new_tokens):
+
+    [ left-padded prompt (Lp) | completion tokens, then padding (N) ]
+
+`old_logprobs[:, t]` is the sampler's log-prob of `tokens[:, t]`, nonzero only where `completion_mask`
+is set, which is what `rl.learner` expects. Rows are padded up to a multiple of `row_multiple` with
+masked-out rows, and Lp to a power of two, so the update compiles for few shapes.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from exit_jax.sampling import prompt_bucket
+
+
+def pack(segments: Sequence, advantages: np.ndarray, multipliers: np.ndarray, max_new_tokens: int,
+         pad_id: int, row_multiple: int, min_bucket: int = 64) -> dict:
+    """segments: training Segments; advantages, multipliers: float [P, G] per rollout."""
+    if not segments:
+        raise ValueError("pack needs at least one segment.")
+    lp = prompt_bucket(max(len(s.completion.prompt_ids) for s in segments), min_bucket)
+    width = lp + max_new_tokens
+    rows = -(-len(segments) // row_multiple) * row_multiple
+    tokens = np.full((rows, width), pad_id, np.int32)
+    input_mask = np.zeros((rows, width), bool)
+    completion_mask = np.zeros((rows, width), bool)
+    old_logprobs = np.zeros((rows, width), np.float32)
+    adv = np.zeros((rows,), np.float32)
+    mult = np.ones((rows,), np.float32)
+    sample_mask = np.zeros((rows,), bool)
+    for i, seg in enumerate(segments):
+        c = seg.completion
+        prompt, completion = np.asarray(c.prompt_ids, np.int32), np.asarray(c.token_ids, np.int32)
+        if len(completion) > max_new_tokens:
+            raise ValueError(f"segment {i} has {len(completion)} completion tokens > {max_new_tokens}.")
+        tokens[i, lp - len(prompt):lp] = prompt
+        input_mask[i, lp - len(prompt):lp] = True
+        tokens[i, lp:lp + len(completion)] = completion
+        input_mask[i, lp:lp + len(completion)] = True
+        completion_mask[i, lp:lp + len(completion)] = True
+        old_logprobs[i, lp:lp + len(completion)] = c.logprobs
+        adv[i] = advantages[seg.group, seg.sample]
+        mult[i] = multipliers[seg.group, seg.sample]
+        sample_mask[i] = True
+    return {"tokens": tokens, "input_mask": input_mask, "completion_mask": completion_mask,
+            "old_logprobs": old_logprobs, "advantages": adv, "advantage_multiplier": mult,
+            "sample_mask": sample_mask}

@@ -1,0 +1,104 @@
+"""Task domains as the training loop sees them: base tasks, held-out tasks, an env factory, stop strings.
+
+Each constructor is what a domain .gin file binds (`train.domain = @domains.math()`); its arguments are
+the domain's knobs. Environments are built per rollout (`make_env(task)`), never shared.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Callable, Optional, Sequence
+
+from exit_jax.envs.base import Env, Task
+
+
+@dataclasses.dataclass(frozen=True)
+class Domain:
+    name: str  # "math" | "tool_use" | "mle"
+    train_tasks: tuple  # base task set M (paper Algorithm 1: drawn uniformly)
+    eval_tasks: tuple  # held-out tasks for self-improvement evaluation
+    make_env: Callable[[Task], Env]
+    stop_strings: tuple = ()  # end a reply early on the host (tool-use tags)
+    multi_turn: bool = False
+    eval_steps: int = 16  # K of the inference-time self-improvement evaluation (paper: 16 math/MLE)
+
+    def __post_init__(self):
+        if not self.train_tasks:
+            raise ValueError(f"domain {self.name!r} has no training tasks.")
+
+
+def math(num_train: int = 1280, num_eval: int = 64, families: Optional[Sequence[str]] = None,
+         levels: Sequence[int] = (1, 2, 3, 4, 5), train_file: Optional[str] = None,
+         eval_file: Optional[str] = None, system_prompt: Optional[str] = None, seed: int = 0) -> Domain:
+    """Procedural competition math (offline default), or local JSONL/Parquet files with problem + answer.
+
+    The paper trains on 1,280 problems (paper_notes §9).
+    """
+    from exit_jax.envs import math as math_env
+    families = tuple(families) if families is not None else tuple(math_env.FAMILIES)
+    if train_file:
+        train = math_env.load_records(train_file)[:num_train]
+    else:
+        train = math_env.math_tasks("train", num_train, families=families, levels=levels, seed=seed)
+    if eval_file:
+        held_out = math_env.load_records(eval_file)[:num_eval]
+    else:
+        held_out = math_env.math_tasks("test", num_eval, families=families, levels=levels, seed=seed)
+    make_env = functools.partial(math_env.MathEnv, system_prompt=system_prompt)
+    return Domain("math", tuple(train), tuple(held_out), make_env, eval_steps=16)
+
+
+def tool_use(protocol: str = "json_tag", train_user_turns: Optional[int] = 1,
+             train_max_responses: Optional[int] = 10, eval_max_responses: Optional[int] = 60,
+             num_train: Optional[int] = None, num_eval: Optional[int] = None) -> Domain:
+    """BFCL v3 multi-turn-base with the paper's 100/100 split (paper_notes §9).
+
+    Training uses only the first user request with a 10-response budget; evaluation allows up to 60
+    responses over all requests. The paper's protocol is the JSON-in-<tool> one ("json_tag").
+    """
+    from exit_jax.envs.tool_use import bfcl, split
+    train = split.split_entries("train")[:num_train]
+    held_out = split.split_entries("test")[:num_eval]
+    make_env = functools.partial(bfcl.MultiTurnEnv, protocol=protocol, max_user_turns=train_user_turns,
+                                 max_responses=train_max_responses)
+    stops = tuple(bfcl.STOP_STRINGS[protocol])
+    return Domain("tool_use", tuple(train), tuple(held_out), make_env, stop_strings=stops,
+                  multi_turn=True, eval_steps=4)
+
+
+def mle(train_ids: Optional[Sequence[str]] = None, eval_ids: Optional[Sequence[str]] = None,
+        time_limit_s: float = 60.0, mlebench_dir: Optional[str] = None) -> Domain:
+    """MLE-lite tasks (offline default) or competitions prepared by openai/mle-bench (`mlebench_dir`)."""
+    from exit_jax.envs.mle import env as mle_env
+    from exit_jax.envs.mle import lite
+    if mlebench_dir:
+        from exit_jax.envs.mle import mlebench
+        tasks = {t.id: t for t in mlebench.tasks(mlebench_dir)}
+    else:
+        tasks = {t.id: t for t in lite.tasks()}
+    train_ids = list(train_ids) if train_ids is not None else list(tasks)[: max(1, len(tasks) // 2)]
+    eval_ids = list(eval_ids) if eval_ids is not None else [i for i in tasks if i not in train_ids]
+    unknown = [i for i in [*train_ids, *eval_ids] if i not in tasks]
+    if unknown:
+        raise ValueError(f"unknown MLE task ids {unknown}; known: {sorted(tasks)}.")
+    make_env = functools.partial(mle_env.MLEEnv, time_limit_s=time_limit_s)
+    to_task = lambda i: mle_env.as_task(tasks[i])  # noqa: E731
+    return Domain("mle", tuple(map(to_task, train_ids)), tuple(map(to_task, eval_ids)), make_env,
+                  eval_steps=16)
+
+
+# Learning rates of paper Tables 4-6 (paper_notes §8): per domain, and per method for tool use.
+_PAPER_LR = {
+    "math": {"grpo": 1e-6, "curriculum": 1e-6, "improve": 1e-6, "diverge": 1e-6, "exit": 1e-6},
+    "tool_use": {"grpo": 1e-6, "curriculum": 5e-7, "improve": 5e-7, "diverge": 5e-7, "exit": 1e-6},
+    "mle": {"grpo": 1e-6, "curriculum": 1e-6, "improve": 1e-6, "diverge": 1e-6, "exit": 1e-6},
+}
+
+
+def paper_learning_rate(domain: str, method: str) -> float:
+    """The learning rate the paper used for `method` on `domain`."""
+    try:
+        return _PAPER_LR[domain][method]
+    except KeyError:
+        raise ValueError(f"no paper learning rate for domain {domain!r} and method {method!r}; "
+                         f"domains {sorted(_PAPER_LR)}, methods {sorted(_PAPER_LR['math'])}.") from None

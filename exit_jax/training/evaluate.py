@@ -1,0 +1,59 @@
+"""Inference-time self-improvement evaluation of a policy on a domain's held-out tasks.
+
+Math: K self-improve steps (paper: 16, avg@8); tool use: K self-improve steps per turn (paper: 4) with
+all user requests and up to 60 responses; MLE: greedy search for K steps (paper: 16). Writes
+WORKDIR/eval.json plus PNG plots of the curves and of the curriculum statistics over training.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import logging
+import os
+from typing import Optional
+
+from exit_jax.evaluation import eval_json, greedy_search, multi_turn, plots, self_improve
+from exit_jax.training.domains import Domain
+from exit_jax.training.metrics import read_metrics
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_policy(policy, domain: Domain, num_tasks: Optional[int] = None, K: Optional[int] = None,
+                    n: int = 8, workers: int = 4) -> dict:
+    """{evaluation name: result} for the domain's held-out tasks."""
+    tasks = list(domain.eval_tasks)[:num_tasks]
+    if not tasks:
+        raise ValueError(f"domain {domain.name!r} has no held-out tasks to evaluate on.")
+    K = domain.eval_steps if K is None else K
+    progress = lambda k, v: log.info("%s eval step %d: %.4f", domain.name, k, v)  # noqa: E731
+    if domain.name == "math":
+        from exit_jax.envs.math import grade_tasks
+        result = self_improve.evaluate(policy, tasks, domain.make_env, K=K, n=n, grade_batch=grade_tasks,
+                                       group_of=lambda t: t.data.get("family", "all"), on_step=progress)
+        return {"self_improvement": result}
+    if domain.name == "tool_use":
+        from exit_jax.envs.tool_use import bfcl
+        # Test time: every user request, up to 60 responses (paper_notes §9).
+        make_env = functools.partial(bfcl.MultiTurnEnv, protocol=domain.make_env.keywords["protocol"],
+                                     max_responses=60)
+        return {"self_improvement": multi_turn.evaluate_multi_turn(policy, tasks, make_env, K=K, n=n,
+                                                                   on_step=progress)}
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        return {"greedy_search": greedy_search.greedy_search(policy, tasks, domain.make_env, K=K, n=n,
+                                                             executor=pool, on_step=progress)}
+
+
+def final_evaluation(policy, domain: Domain, workdir: str, method: str, seed: int = 0,
+                     num_tasks: Optional[int] = 16, K: Optional[int] = None, n: int = 8,
+                     iteration: Optional[int] = None) -> str:
+    """Evaluates, writes WORKDIR/eval.json and the plots; returns the eval.json path."""
+    results = evaluate_policy(policy, domain, num_tasks=num_tasks, K=K, n=n)
+    record = eval_json.make_eval_record(method, domain.name, results, seed=seed, iteration=iteration,
+                                        run=os.path.basename(os.path.abspath(workdir)))
+    path = eval_json.write_eval_json(os.path.join(workdir, "eval.json"), record)
+    written = plots.plot_eval(record, workdir)
+    curriculum = plots.plot_curriculum({method: read_metrics(workdir)},
+                                       os.path.join(workdir, "curriculum.png"))
+    log.info("wrote %s and plots %s", path, written + ([curriculum] if curriculum else []))
+    return path

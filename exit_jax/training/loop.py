@@ -1,0 +1,232 @@
+"""The ExIt training loop (paper Algorithm 1, one rollout group per prompt):
+
+    episodes (base or replay; improve or diverge) -> sampler (G samples per prompt) -> environments
+    -> advantages x diversity -> GRPO update -> buffer update (S = var of group rewards) -> metrics
+
+Every iteration ends with a durable checkpoint (params, optimizer, reference, buffer, RNG); a rerun of
+the same command resumes from it and reproduces the uninterrupted run's metrics exactly (on CPU).
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import logging
+import os
+import time
+from typing import Any, Optional
+
+import jax
+import numpy as np
+
+from exit_jax import models
+from exit_jax.curriculum import buffer, diversity, embedders, episodes as episodes_lib, stats
+from exit_jax.curriculum.config import CurriculumConfig
+from exit_jax.rl import grpo, learner as learner_lib
+from exit_jax.training import batch as batch_lib
+from exit_jax.training.checkpointing import Checkpointer, fingerprint
+from exit_jax.training.domains import Domain
+from exit_jax.training.metrics import MetricsWriter
+from exit_jax.training.policy import SamplingConfig, TextPolicy
+from exit_jax.training.rollout import run_groups
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    workdir: str
+    num_iterations: int
+    seed: int = 0
+    prompts_per_iteration: int = 8  # P: GRPO groups per iteration
+    group_size: int = 8  # G: rollouts per group
+    checkpoint_every: int = 1  # iterations between checkpoints (1: a kill loses at most one)
+    keep_checkpoints: int = 2
+    env_workers: int = 4  # threads stepping environments (sandboxes and graders are processes)
+    embedder: str = "hashed_ngram"  # diversity-bonus embedder (full ExIt only)
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.num_iterations < 0 or self.prompts_per_iteration < 1 or self.group_size < 2:
+            raise ValueError("RunConfig needs num_iterations >= 0, prompts_per_iteration >= 1 and "
+                             f"group_size >= 2 (GRPO compares samples); got {self}.")
+
+
+@dataclasses.dataclass
+class HostState:
+    """Everything the loop carries on the host between iterations (checkpointed as JSON)."""
+    iteration: int
+    buffer: buffer.BufferState
+    rng: np.random.Generator
+    seen: frozenset
+
+    def to_json(self, fp: dict) -> dict:
+        return {"iteration": self.iteration, "fingerprint": fp,
+                "buffer": _jsonable(buffer.state_dict(self.buffer)),
+                "rng": self.rng.bit_generator.state, "seen": sorted(self.seen)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "HostState":
+        rng = np.random.default_rng()
+        rng.bit_generator.state = d["rng"]
+        return cls(int(d["iteration"]), buffer.from_state_dict(_from_jsonable(d["buffer"])), rng,
+                   frozenset(d["seen"]))
+
+
+def _jsonable(tree: dict) -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, np.ndarray):
+            out[k] = {"__ndarray__": v.tolist(), "dtype": str(v.dtype), "shape": list(v.shape)}
+        else:
+            out[k] = v
+    return out
+
+
+def _from_jsonable(tree: dict) -> dict:
+    return {k: (np.asarray(v["__ndarray__"], v["dtype"]).reshape(v["shape"])
+                if isinstance(v, dict) and "__ndarray__" in v else v) for k, v in tree.items()}
+
+
+def resolve_workdir(workdir: str, domain: str, method: str) -> str:
+    return os.path.abspath(os.path.expanduser(workdir.format(domain=domain, method=method)))
+
+
+def load_model(model: Any, domain: Domain, workdir: str, dtype: str = "float32"):
+    """`model` is a models.load source, "smoke" (tiny random model + tokenizer trained on the domain's
+    prompts), or an already loaded LM."""
+    if not isinstance(model, str):
+        return model
+    if model == "smoke":
+        from exit_jax.curriculum import prompts
+        from exit_jax.models.smoke import smoke_lm
+        corpus = [m["content"] for t in domain.train_tasks[:512] for m in domain.make_env(t).reset()]
+        corpus += [prompts.IMPROVE_TEMPLATE, prompts.DIVERGE_TEMPLATE]
+        return smoke_lm(corpus, cache_dir=os.path.join(workdir, "smoke_tokenizer"))
+    return models.load(model, dtype=dtype)
+
+
+def _advantages(groups, episodes, curriculum: CurriculumConfig, embedder, normalize: str):
+    """Training rewards [P, G], GRPO advantages [P, G] (paper Eq. 3) and Eq. 6 multipliers [P, G]."""
+    rewards = np.stack([episodes_lib.group_rewards(ep, g, curriculum) for ep, g in zip(episodes, groups)])
+    adv = np.asarray(grpo.group_advantages(rewards, scale=normalize), np.float32)
+    mult = np.ones_like(adv)
+    if curriculum.diversity_bonus:  # full ExIt: Â_i = d_i · A_i (paper §4.2)
+        for p, group in enumerate(groups):
+            mult[p] = diversity.group_coefficients(embedder, [r.responses[0] for r in group])
+    return rewards, adv, mult
+
+
+def train(run: RunConfig, model: Any, domain: Domain, curriculum: CurriculumConfig,
+          learner: learner_lib.LearnerConfig, sampling: SamplingConfig = SamplingConfig(),
+          evaluate_at_end: Optional[Any] = None, model_dtype: str = "float32") -> dict:
+    """Runs (or resumes) training; returns the last iteration's metrics.
+
+    `run.workdir` may contain {domain} and {method}, e.g. "runs/{domain}_{method}".
+    """
+    run = dataclasses.replace(run, workdir=resolve_workdir(run.workdir, domain.name, curriculum.method))
+    os.makedirs(run.workdir, exist_ok=True)
+    learner = dataclasses.replace(learner, group_size=run.group_size)  # for the zero-variance metric
+    lm = load_model(model, domain, run.workdir, model_dtype)
+    if learner.temperature != sampling.temperature and sampling.temperature > 0:
+        raise ValueError(f"LearnerConfig.temperature={learner.temperature} must equal the sampling "
+                         f"temperature {sampling.temperature}: old and new log-probs must match.")
+    fp = fingerprint(model=lm.config, domain=domain.name, curriculum=curriculum, learner=learner,
+                     sampling=sampling, seed=run.seed, group_size=run.group_size,
+                     prompts_per_iteration=run.prompts_per_iteration)
+    mesh = learner_lib.make_mesh() if learner.parallel == "fsdp" else None
+    state = learner_lib.init_state(lm.params, learner)
+    ckpt = Checkpointer(os.path.join(run.workdir, "checkpoints"), run.keep_checkpoints)
+    host = HostState(0, buffer.init(curriculum.capacity), np.random.default_rng(run.seed), frozenset())
+    if ckpt.latest_step() is not None:
+        state, host_json = ckpt.restore(ckpt.latest_step(), state, fp)
+        host = HostState.from_json(host_json)
+        log.info("resumed from iteration %d in %s", host.iteration, run.workdir)
+    state = learner_lib.place_state(state, learner, mesh)
+    update = learner_lib.make_update(lm.config, learner, mesh)
+    policy = TextPolicy(lm, sampling, stop_strings=domain.stop_strings)
+    embedder = None
+    if curriculum.diversity_bonus:
+        embedder = (embedders.PolicyHidden(policy) if run.embedder == "policy_hidden"
+                    else embedders.make(run.embedder))
+    writer = MetricsWriter(run.workdir, resume_from_iteration=host.iteration)
+    rows = run.prompts_per_iteration * run.group_size
+    row_multiple = rows * (jax.local_device_count() if learner.parallel == "pmap" else 1)
+    normalize = "none" if learner.aggregation == "dr_grpo" else "group"  # Dr. GRPO: no std scaling
+    metrics: dict = {}
+    progress = _progress(run, host.iteration)
+    with concurrent.futures.ThreadPoolExecutor(run.env_workers) as pool:
+        while host.iteration < run.num_iterations:
+            it = host.iteration
+            t0 = time.perf_counter()
+            buf, episodes = episodes_lib.plan(host.buffer, host.rng, domain.train_tasks, domain.make_env,
+                                              curriculum, run.prompts_per_iteration, iteration=it)
+            policy.params = learner_lib.host_params(state, learner) if learner.parallel != "single" \
+                else state.params
+            t1 = time.perf_counter()
+            groups, segments, roll_stats = run_groups(policy, episodes, run.group_size, domain.make_env,
+                                                      seed=run.seed * 1_000_003 + it, pool=pool)
+            t2 = time.perf_counter()
+            rewards, adv, mult = _advantages(groups, episodes, curriculum, embedder, normalize)
+            batch = batch_lib.pack(segments, adv, mult, sampling.max_new_tokens,
+                                   lm.tokenizer.pad_id, row_multiple, sampling.min_bucket)
+            state, learn = update(state, learner_lib.place_batch(batch, learner, mesh))
+            learn = {f"learner/{k}": float(v) for k, v in jax.device_get(learn).items()}
+            t3 = time.perf_counter()
+            buf, scores = episodes_lib.update(buf, episodes, groups, curriculum, it)
+            seen = stats.update_seen(host.seen, episodes)
+            host = HostState(it + 1, buf, host.rng, seen)
+            if host.iteration % run.checkpoint_every == 0 or host.iteration == run.num_iterations:
+                ckpt.save(host.iteration, _savable(state, learner), host.to_json(fp))
+            t4 = time.perf_counter()
+            trained_tokens = int(batch["completion_mask"].sum())
+            metrics = {
+                "reward/mean": float(np.mean([r.score for g in groups for r in g])),
+                "reward/train_mean": float(rewards.mean()),
+                "reward/group_std": float(rewards.std(axis=1).mean()),
+                "advantage/multiplier_mean": float(mult.mean()),
+                **roll_stats, **learn,
+                **stats.iteration_stats(buf, episodes, it, seen, scores),
+                "time/plan_s": t1 - t0, "time/rollout_s": t2 - t1, "time/update_s": t3 - t2,
+                "time/buffer_checkpoint_s": t4 - t3, "time/iteration_s": t4 - t0,
+                "throughput/sampled_tokens_per_s": roll_stats["rollout/completion_tokens"] / (t2 - t1),
+                "throughput/trained_tokens_per_s": trained_tokens / (t3 - t2),
+            }
+            writer.write(it, metrics)
+            progress(it, metrics)
+    writer.close()
+    ckpt.close()
+    if evaluate_at_end is not None:
+        policy.params = learner_lib.host_params(state, learner) if learner.parallel != "single" \
+            else state.params
+        evaluate_at_end(policy=policy, domain=domain, workdir=run.workdir, method=curriculum.method,
+                        seed=run.seed)
+    return metrics
+
+
+def _savable(state, learner: learner_lib.LearnerConfig):
+    """pmap states carry a leading device axis; checkpoints hold one copy."""
+    if learner.parallel == "pmap":
+        return jax.tree.map(lambda x: x[0], state)
+    return state
+
+
+def _progress(run: RunConfig, start: int):
+    """A console line per iteration with an ETA (tqdm when available)."""
+    if not run.progress:
+        return lambda it, m: None
+    try:
+        from tqdm import tqdm
+        bar = tqdm(total=run.num_iterations, initial=start, desc="ExIt", dynamic_ncols=True)
+    except ImportError:  # pragma: no cover
+        bar = None
+
+    def show(it, m):
+        text = (f"reward {m['reward/mean']:.3f} loss {m.get('learner/loss', float('nan')):.4f} "
+                f"buffer {int(m.get('curriculum/buffer_size', 0))} "
+                f"replay {m.get('curriculum/replay_fraction', 0):.2f} {m['time/iteration_s']:.1f}s/it")
+        if bar is None:
+            print(f"[{it + 1}/{run.num_iterations}] {text}", flush=True)
+        else:
+            bar.set_postfix_str(text)
+            bar.update(1)
+    return show

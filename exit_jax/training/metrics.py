@@ -1,0 +1,79 @@
+"""Metrics sinks: WORKDIR/metrics.jsonl (one object per iteration), TensorBoard events, console.
+
+The JSONL file is the source of truth for plots and for resume: on restart it is truncated to the
+iterations that the restored checkpoint covers, so a resumed run's file equals an uninterrupted one's.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Mapping
+
+import numpy as np
+
+
+def _jsonable(value):
+    if isinstance(value, (np.generic,)):
+        value = value.item()
+    if hasattr(value, "shape") and getattr(value, "shape", None) == ():
+        value = float(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN/inf; keep them visible rather than dropping the key.
+    return value
+
+
+class MetricsWriter:
+    def __init__(self, workdir: str, resume_from_iteration: int = 0, tensorboard: bool = True):
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self._truncate(resume_from_iteration)
+        self._file = open(self.path, "a", encoding="utf-8")
+        self._tb = None
+        if tensorboard:
+            try:  # tensorboardX is TensorFlow-free; events go to WORKDIR/tb.
+                from tensorboardX import SummaryWriter
+                self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+            except ImportError:
+                self._tb = None
+
+    def _truncate(self, iteration: int) -> None:
+        """Keeps only records of iterations < `iteration` (those covered by the checkpoint)."""
+        if not os.path.exists(self.path):
+            return
+        kept = []
+        with open(self.path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:  # a line torn by a kill mid-write
+                    continue
+                if record.get("iteration", math.inf) < iteration:
+                    kept.append(line if line.endswith("\n") else line + "\n")
+        tmp = self.path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(kept)
+        os.replace(tmp, self.path)
+
+    def write(self, iteration: int, metrics: Mapping) -> None:
+        record = {"iteration": iteration, **{k: _jsonable(v) for k, v in metrics.items()}}
+        self._file.write(json.dumps(record, sort_keys=True) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        if self._tb is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self._tb.add_scalar(key, value, iteration)
+            self._tb.flush()
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]

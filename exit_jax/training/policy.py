@@ -1,0 +1,103 @@
+"""The policy at the text level: chat messages in, sampled replies (with their tokens and log-probs) out.
+
+It wraps the jitted `Sampler` (one per group size, each compiled once per prompt-length bucket) and the
+model's chat template. Training and evaluation share it, so a policy is evaluated exactly as it samples.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from exit_jax.sampling import Sampler
+
+
+@dataclasses.dataclass(frozen=True)
+class Completion:
+    text: str
+    prompt_ids: tuple  # the prompt tokens that were fed (after left truncation)
+    token_ids: tuple  # completion tokens, stop token included
+    logprobs: np.ndarray  # float32 [len(token_ids)]: log_softmax(logits / T) of each sampled token
+    finished: bool  # ended on a stop id (False: hit max_new_tokens)
+    truncated_prompt: bool  # the prompt was longer than max_prompt_tokens and lost its start
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    max_new_tokens: int = 256
+    max_prompt_tokens: int = 1024
+    temperature: float = 1.0  # paper_notes §13: training sampling temperature 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_bucket: int = 64  # smallest prompt-length bucket (prompts pad to powers of two above it)
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1 or self.max_prompt_tokens < 1:
+            raise ValueError("SamplingConfig.max_new_tokens and max_prompt_tokens must be >= 1.")
+        if self.temperature < 0:
+            raise ValueError(f"SamplingConfig.temperature must be >= 0, got {self.temperature}.")
+
+
+class TextPolicy:
+    """Samples replies to chat conversations with the current params (set `params` before sampling)."""
+
+    def __init__(self, lm, config: SamplingConfig, stop_strings: Sequence[str] = ()):
+        self.lm = lm
+        self.config = config
+        self.params = lm.params
+        self.stop_strings = tuple(stop_strings)
+        self._samplers: dict = {}
+        self.calls = 0  # sampler invocations, folded into each call's seed
+
+    def _sampler(self, num_samples: int) -> Sampler:
+        if num_samples not in self._samplers:
+            tok = self.lm.tokenizer
+            self._samplers[num_samples] = Sampler(
+                self.lm.config, num_samples=num_samples, max_new_tokens=self.config.max_new_tokens,
+                eos_ids=tok.eos_ids, pad_id=tok.pad_id, dtype=self.lm.dtype,
+                min_bucket=self.config.min_bucket)
+        return self._samplers[num_samples]
+
+    def encode(self, messages: Sequence[dict]) -> tuple[list, bool]:
+        """Chat-templated prompt ids, keeping the last max_prompt_tokens (the newest context)."""
+        text = self.lm.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True)
+        ids = self.lm.tokenizer.encode(text)
+        limit = self.config.max_prompt_tokens
+        return (ids[-limit:], True) if len(ids) > limit else (ids, False)
+
+    def sample(self, conversations: Sequence[Sequence[dict]], num_samples: int, seed: int,
+               temperature: Optional[float] = None) -> list:
+        """[len(conversations)][num_samples] Completions."""
+        if not conversations:
+            return []
+        cfg = self.config
+        encoded = [self.encode(c) for c in conversations]
+        out = self._sampler(num_samples)(
+            self.params, [ids for ids, _ in encoded],
+            temperature=cfg.temperature if temperature is None else temperature,
+            top_k=cfg.top_k, top_p=cfg.top_p, seed=seed)
+        if self.stop_strings:
+            out = out.truncate_at_stop_strings(self.stop_strings, self.lm.tokenizer.decode)
+        self.calls += 1
+        decode = self.lm.tokenizer.decode
+        eos = set(self.lm.tokenizer.eos_ids)
+        result = []
+        for p, (ids, truncated) in enumerate(encoded):
+            row = []
+            for g in range(num_samples):
+                n = int(out.lengths[p, g])
+                tokens = out.tokens[p, g, :n].tolist()
+                text_ids = tokens[:-1] if tokens and tokens[-1] in eos else tokens
+                row.append(Completion(text=decode(text_ids, skip_special_tokens=True),
+                                      prompt_ids=tuple(ids), token_ids=tuple(tokens),
+                                      logprobs=np.asarray(out.logprobs[p, g, :n], np.float32),
+                                      finished=bool(out.finished[p, g]), truncated_prompt=truncated))
+            result.append(row)
+        return result
+
+    def generate(self, conversations: Sequence[Sequence[dict]], num_samples: int = 1,
+                 seed: Optional[int] = None) -> list:
+        """The evaluation `Policy` protocol: reply texts [len(conversations)][num_samples]."""
+        seed = self.calls if seed is None else seed
+        return [[c.text for c in row] for row in self.sample(conversations, num_samples, seed)]

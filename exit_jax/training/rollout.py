@@ -1,0 +1,105 @@
+"""Rollout groups: G samples from each episode's prompt, run through fresh environments to the end.
+
+The first reply of every rollout answers the episode's prompt (one prefill per prompt, fanned out to G
+samples). Multi-turn environments then continue: each still-running rollout sends its conversation
+(the episode's plain context, never the self-iteration prompt, plus what followed) back to the policy,
+one batched sampler call per round, until its environment says done. Every model call becomes one
+training segment carrying its rollout's advantage.
+
+Environment steps run in a thread pool: the heavy work (sandboxed code, math-verify) happens in worker
+processes, so threads overlap it without fighting over the GIL.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+from typing import Callable, Sequence
+
+from exit_jax.curriculum.episodes import Episode, Rollout, restore
+from exit_jax.envs.base import Env, StepResult, Task
+from exit_jax.training.policy import Completion, TextPolicy
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+    """One model call of one rollout: what the learner trains on."""
+    group: int  # index p of the episode
+    sample: int  # index g of the rollout within its group
+    completion: Completion
+
+
+@dataclasses.dataclass
+class _Live:
+    env: Env
+    messages: list
+    responses: list
+    result: StepResult | None = None
+    first_info: dict = dataclasses.field(default_factory=dict)  # info of the new iterate's step
+
+
+def _safe_step(env: Env, reply: str) -> StepResult:
+    """Environment bugs must not kill a run: an exception becomes reward 0 with its reason."""
+    try:
+        return env.step(reply)
+    except Exception as e:  # noqa: BLE001 - untrusted model text reaches env code here
+        return StepResult(messages=[], reward=0.0, done=True,
+                          info={"reason": f"environment error: {type(e).__name__}: {e}"[:500]})
+
+
+def _rollout_record(live: _Live) -> Rollout:
+    # MLE: an iterate that crashed or wrote no valid submission is debugged when replayed.
+    failed = bool(live.first_info.get("failed", live.first_info.get("valid") is False))
+    feedback = str(live.first_info.get("error", "") or "")
+    score = float(live.result.reward) if live.result is not None else 0.0
+    return Rollout(responses=tuple(live.responses), score=min(max(score, 0.0), 1.0), failed=failed,
+                   feedback=feedback)
+
+
+def run_groups(policy: TextPolicy, episodes: Sequence[Episode], group_size: int,
+               make_env: Callable[[Task], Env], seed: int, pool: concurrent.futures.Executor,
+               max_rounds: int = 64) -> tuple[list, list, dict]:
+    """Returns (groups [P][G] Rollouts, training Segments, stats)."""
+    first = policy.sample([list(ep.prompt) for ep in episodes], group_size, seed=seed)
+    live = {}
+    segments = []
+    for p, ep in enumerate(episodes):
+        for g, completion in enumerate(first[p]):
+            env, context = restore(ep, make_env)
+            live[p, g] = _Live(env=env, messages=list(context) + [
+                {"role": "assistant", "content": completion.text}], responses=[completion.text])
+            segments.append(Segment(p, g, completion))
+    keys = list(live)
+    results = list(pool.map(lambda k: _safe_step(live[k].env, live[k].responses[0]), keys))
+    for k, result in zip(keys, results):
+        live[k].result = result
+        live[k].first_info = result.info
+        live[k].messages.extend(result.messages)
+    rounds = 1
+    while rounds < max_rounds:
+        active = [k for k in keys if not live[k].result.done]
+        if not active:
+            break
+        replies = policy.sample([live[k].messages for k in active], 1, seed=seed + 7919 * rounds)
+        for k, row in zip(active, replies):
+            live[k].responses.append(row[0].text)
+            live[k].messages.append({"role": "assistant", "content": row[0].text})
+            segments.append(Segment(k[0], k[1], row[0]))
+        results = list(pool.map(lambda k: _safe_step(live[k].env, live[k].responses[-1]), active))
+        for k, result in zip(active, results):
+            live[k].result = result
+            live[k].messages.extend(result.messages)
+        rounds += 1
+    unfinished = sum(not live[k].result.done for k in keys)
+    groups = [[_rollout_record(live[p, g]) for g in range(group_size)] for p in range(len(episodes))]
+    completions = [s.completion for s in segments]
+    stats = {
+        "rollout/model_calls": len(segments),
+        "rollout/rounds": rounds,
+        "rollout/unfinished": unfinished,
+        "rollout/completion_tokens": sum(len(c.token_ids) for c in completions),
+        "rollout/mean_completion_tokens": sum(len(c.token_ids) for c in completions) / len(completions),
+        "rollout/hit_max_new_tokens": sum(not c.finished for c in completions) / len(completions),
+        "rollout/truncated_prompts": sum(c.truncated_prompt for c in completions),
+        "rollout/mean_prompt_tokens": sum(len(c.prompt_ids) for c in completions) / len(completions),
+    }
+    return groups, segments, stats

@@ -1,0 +1,36 @@
+"""Train a policy with ExIt (or a baseline) as configured by gin.
+
+    python launch/train.py --gin_file=math.gin                      # full ExIt on offline math
+    python launch/train.py --gin_file=math.gin --gin_file=grpo.gin  # the GRPO baseline
+    python launch/train.py --gin_file=mle.gin --gin.MODEL="'Qwen/Qwen2.5-7B-Instruct'"
+
+Re-running the same command resumes from the last checkpoint in WORKDIR.
+"""
+import logging
+import os
+import sys
+
+import gin
+
+import gin_cli
+
+
+def main(argv):
+    args = gin_cli.parse_args(argv, __doc__)
+    gin_cli.maybe_initialize_distributed()
+    gin_cli.parse(args)
+    from exit_jax.training import loop
+    workdir = loop.resolve_workdir(gin.query_parameter("%WORKDIR"), gin.query_parameter("%DOMAIN"),
+                                   gin.query_parameter("%METHOD"))
+    gin_cli.write_operative_config(workdir)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        handlers=[logging.FileHandler(os.path.join(workdir, "train.log")),
+                                  logging.StreamHandler()])
+    for noisy in ("absl", "jax._src.xla_bridge", "orbax"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    metrics = gin_cli.call(loop.train)
+    print(f"done: {workdir} (last reward {metrics.get('reward/mean', float('nan')):.3f})")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

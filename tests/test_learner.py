@@ -1,0 +1,244 @@
+"""The GRPO update step: exact gradients under micro-batching, parallel modes, reference refresh, NaN skip.
+
+Run as a script (`python tests/test_learner.py --worker PID PORT OUT`) it is one process of the
+multi-host test.
+"""
+import dataclasses
+import os
+import socket
+import subprocess
+import sys
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from exit_jax.models import transformer
+from exit_jax.models.config import preset
+from exit_jax.rl import grpo, learner
+from exit_jax.rl.learner import LearnerConfig
+
+MC = preset("tiny")
+B, L = 8, 16
+logprobs_fn = jax.jit(learner.token_logprobs, static_argnames=("model_config", "with_entropy"))
+
+
+def make_batch(params, seed=0, noise=0.2):
+    """B rows: a left-padded prompt, then a completion of varying length, then right padding."""
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(1, MC.vocab_size, (B, L)).astype(np.int32)
+    input_mask = np.ones((B, L), bool)
+    completion = np.zeros((B, L), bool)
+    for i in range(B):
+        input_mask[i, :i % 3] = False  # left padding of the prompt
+        end = 8 + rng.integers(2, L - 8)
+        completion[i, 8:end] = True
+        input_mask[i, end:] = False
+    logp, _ = logprobs_fn(params, MC, tokens, input_mask)
+    old = np.asarray(logp) + noise * rng.standard_normal((B, L)).astype(np.float32)
+    rewards = rng.integers(0, 2, (B // 4, 4)).astype(np.float32)
+    rewards[0] = 1.0  # one zero-variance group
+    adv = np.asarray(grpo.group_advantages(rewards)).reshape(B)
+    return dict(tokens=tokens, input_mask=input_mask, completion_mask=completion, old_logprobs=old,
+                advantages=adv)
+
+
+def cfg_for(**kw):
+    base = dict(learning_rate=1e-3, warmup_steps=0, kl_beta=0.01, micro_batch_size=1, epochs=2,
+                group_size=4)
+    return LearnerConfig(**(base | kw))
+
+
+def run(params, batch, cfg):
+    state = learner.place_state(learner.init_state(params, cfg), cfg)
+    return learner.make_update(MC, cfg)(state, learner.place_batch(batch, cfg))
+
+
+def max_diff(a, b):
+    return max(jax.tree.leaves(jax.tree.map(lambda x, y: float(np.max(np.abs(
+        np.asarray(x, np.float32) - np.asarray(y, np.float32)))), a, b)))
+
+
+@pytest.fixture(scope="module")
+def params():
+    return transformer.init_params(MC, seed=0)
+
+
+def test_token_logprobs_align_with_forward_and_ignore_left_padding(params):
+    tokens = jnp.array([[0, 0, 5, 6, 7, 8], [5, 6, 7, 8, 9, 10]], jnp.int32)
+    mask = jnp.array([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]], bool)
+    logp, ent = learner.token_logprobs(params, MC, tokens, mask, temperature=0.7, with_entropy=True)
+    chex.assert_shape([logp, ent], (2, 6))
+    logits = transformer.forward(params, MC, tokens, mask) / 0.7
+    want = jax.nn.log_softmax(logits, -1)[1, 3, 9]  # token at t=4 is scored by the logits at t=3
+    np.testing.assert_allclose(logp[1, 4], want, rtol=1e-5)
+    assert float(logp[0, 0]) == 0.0 and float(logp[1, 0]) == 0.0
+    # The left-padded row [5 6 7 8] scores its tokens exactly as the unpadded row does.
+    np.testing.assert_allclose(logp[0, 3:], logp[1, 1:4], atol=1e-5)
+    p = jax.nn.softmax(logits[1, 2])
+    np.testing.assert_allclose(ent[1, 3], -jnp.sum(p * jnp.log(p)), rtol=1e-4)
+
+
+def test_micro_batched_update_equals_whole_batch_gradient_step(params):
+    batch = make_batch(params)
+    cfg = cfg_for(parallel="single", micro_batch_size=2, epochs=1, max_grad_norm=0.05)
+    state, metrics = run(params, batch, cfg)
+
+    ref_logp, _ = logprobs_fn(params, MC, batch["tokens"], batch["input_mask"])
+
+    def full_loss(p):  # paper Eq. 4 on the whole batch at once
+        logp, _ = learner.token_logprobs(p, MC, batch["tokens"], batch["input_mask"])
+        return grpo.policy_loss(logp, batch["old_logprobs"], batch["advantages"],
+                                batch["completion_mask"], ref_logp, kl_beta=cfg.kl_beta)[0]
+
+    loss, grads = jax.jit(jax.value_and_grad(full_loss))(params)
+    opt = learner.make_optimizer(cfg)
+    updates, _ = opt.update(grads, opt.init(params), params)
+    want = optax.apply_updates(params, updates)
+    np.testing.assert_allclose(metrics["loss"], loss, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(metrics["grad_norm"], optax.tree.norm(grads), rtol=1e-4)
+    assert float(metrics["grad_norm"]) > cfg.max_grad_norm  # so the clipping is exercised too
+    assert max_diff(learner.host_params(state, cfg), want) < 1e-5
+    assert max_diff(learner.host_params(state, cfg), params) > 1e-4
+    np.testing.assert_allclose(metrics["zero_variance_frac"], 0.5)  # rewards[0] is constant
+
+
+def test_pmap_fsdp_and_fake_pmap_equal_single_device(params):
+    batch = make_batch(params)
+    results = {}
+    for mode in ("single", "pmap", "fsdp"):
+        cfg = cfg_for(parallel=mode)
+        state, metrics = run(params, batch, cfg)
+        results[mode] = (learner.host_params(state, cfg), metrics, state)
+    with chex.fake_pmap():  # the pmap code path as vmap: debuggable on one device
+        state, metrics = run(params, batch, cfg_for(parallel="pmap"))
+        results["fake_pmap"] = (learner.host_params(state, cfg_for(parallel="pmap")), metrics, state)
+    single, m_single, _ = results["single"]
+    assert max_diff(single, params) > 1e-4
+    for mode in ("pmap", "fsdp", "fake_pmap"):
+        assert max_diff(results[mode][0], single) < 1e-5, mode
+        for k in ("loss", "kl", "grad_norm", "clip_low_frac", "ratio_max", "advantage_std"):
+            np.testing.assert_allclose(results[mode][1][k], m_single[k], rtol=1e-4, err_msg=k)
+    # Both epochs ran: every optimizer step counter is at 2; epoch 2 moved the ratio away from old.
+    counts = [x for x in jax.tree.leaves(results["single"][2].opt_state) if x.dtype == jnp.int32]
+    assert counts and all(int(c) == 2 for c in counts)
+    # FSDP really shards: the [512, 64] embedding is split over the 4 devices along its first axis.
+    emb = results["fsdp"][2].params["embed"]["embedding"]
+    assert emb.sharding.spec == jax.sharding.PartitionSpec(learner.AXIS)
+    assert emb.addressable_shards[0].data.shape == (MC.vocab_size // 4, MC.hidden_size)
+
+
+def test_non_finite_loss_skips_the_update(params):
+    cfg = cfg_for(parallel="single", epochs=1, micro_batch_size=4)
+    good = make_batch(params)
+    bad = dict(good, old_logprobs=good["old_logprobs"].copy())
+    bad["old_logprobs"][3, 9] = np.nan  # a trained token
+    state = learner.place_state(learner.init_state(params, cfg), cfg)
+    update = learner.make_update(MC, cfg)
+    state, metrics = update(state, learner.place_batch(bad, cfg))
+    assert int(metrics["skipped"]) == 1 and int(state.skipped) == 1
+    assert max_diff(state.params, params) == 0.0
+    assert all(int(c) == 0 for c in jax.tree.leaves(state.opt_state) if c.dtype == jnp.int32)
+    state, metrics = update(state, learner.place_batch(good, cfg))
+    assert int(metrics["skipped"]) == 0 and int(state.skipped) == 1 and int(state.step) == 2
+    assert np.isfinite(float(metrics["loss"])) and max_diff(state.params, params) > 1e-4
+
+
+def test_reference_refresh_every_m_iterations_with_alpha(params):
+    cfg = cfg_for(parallel="single", epochs=1, micro_batch_size=0, ref_update_every=2, ref_alpha=0.5)
+    batch = learner.place_batch(make_batch(params), cfg)
+    state = learner.place_state(learner.init_state(params, cfg), cfg)
+    update = learner.make_update(MC, cfg)
+    state, m1 = update(state, batch)
+    assert int(m1["ref_updated"]) == 0 and max_diff(state.ref_params, params) == 0.0
+    theta2 = jax.tree.map(np.asarray, state.params)  # consumed by the donated next call
+    state, m2 = update(state, batch)
+    assert int(m2["ref_updated"]) == 1
+    mixed = jax.tree.map(lambda t, r: 0.5 * t + 0.5 * np.asarray(r), learner.host_params(state, cfg),
+                         params)
+    assert max_diff(state.ref_params, mixed) < 1e-7
+    assert max_diff(theta2, state.params) > 0  # theta kept moving: ref used the post-update theta
+    ref2 = jax.tree.map(np.asarray, state.ref_params)
+    state, m3 = update(state, batch)
+    assert int(m3["ref_updated"]) == 0 and max_diff(state.ref_params, ref2) == 0.0
+    assert float(m3["kl"]) > 0.0
+    assert learner.init_state(params, cfg_for(kl_beta=0.0)).ref_params is None
+
+
+def test_bfloat16_params_compute_and_remat(params):
+    cfg = cfg_for(parallel="single", epochs=1, micro_batch_size=4, param_dtype="bfloat16",
+                  compute_dtype="bfloat16", remat=True)
+    batch = make_batch(params, noise=0.0)
+    state, metrics = run(params, batch, cfg)
+    assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(state.params))
+    assert int(metrics["skipped"]) == 0 and np.isfinite(float(metrics["loss"]))
+    # bf16 log-probs stay close to the f32 old log-probs: ratios near 1.
+    assert 0.9 < float(metrics["ratio_min"]) <= float(metrics["ratio_max"]) < 1.1
+    assert max_diff(state.params, jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)) > 0
+
+
+def test_bad_config_and_batch_raise_clear_errors(params):
+    with pytest.raises(ValueError, match="parallel"):
+        LearnerConfig(parallel="ddp")
+    with pytest.raises(ValueError, match="ref_alpha"):
+        LearnerConfig(ref_alpha=2.0)
+    cfg = cfg_for(parallel="single")
+    batch = make_batch(params)
+    with pytest.raises(ValueError, match="missing keys"):
+        learner.place_batch({k: v for k, v in batch.items() if k != "advantages"}, cfg)
+    with pytest.raises(ValueError, match="advantages"):
+        learner.place_batch(dict(batch, advantages=np.zeros((B, 2))), cfg)
+    with pytest.raises(ValueError, match="micro_batch_size"):
+        run(params, batch, dataclasses.replace(cfg, micro_batch_size=3))
+
+
+# ------------------------------------------------------------------------------- multi-host
+
+def _worker(pid: int, port: int, out: str) -> None:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=pid)
+    assert jax.device_count() == 4 and jax.local_device_count() == 2
+    params = transformer.init_params(MC, seed=0)
+    batch = make_batch(params)
+    rows = B // 2
+    local = {k: v[pid * rows:(pid + 1) * rows] for k, v in batch.items()}  # this host's shard
+    flat = {}
+    for mode in ("pmap", "fsdp"):
+        cfg = cfg_for(parallel=mode)
+        state = learner.place_state(learner.init_state(params, cfg), cfg)
+        update = learner.make_update(MC, cfg)
+        state, _ = update(state, learner.place_batch(local, cfg))  # 2 epochs: 2 optimizer steps
+        leaves = jax.tree.leaves(learner.host_params(state, cfg))
+        flat.update({f"{mode}_{i}": np.asarray(x) for i, x in enumerate(leaves)})
+    if pid == 0:
+        np.savez(out, **flat)
+    jax.distributed.shutdown()
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process(params, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = str(tmp_path / "params.npz")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=root,
+               XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", str(i), str(port),
+                               out], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             for i in range(2)]
+    logs = [p.communicate(timeout=240)[0].decode()[-3000:] for p in procs]
+    assert all(p.returncode == 0 for p in procs), logs
+    single, _ = run(params, make_batch(params), cfg_for(parallel="single"))
+    want = jax.tree.leaves(learner.host_params(single, cfg_for(parallel="single")))
+    got = np.load(out)
+    for mode in ("pmap", "fsdp"):
+        for i, x in enumerate(want):
+            np.testing.assert_allclose(got[f"{mode}_{i}"], x, atol=1e-5, err_msg=mode)
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--worker"]:
+    _worker(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
