@@ -70,3 +70,64 @@ def test_always_failing_search_scores_zero_and_respects_cap():
     assert result.to_dict()["curves"]["normalized_score"] == [0.0] * 5
     with pytest.raises(ValueError, match="K >= 0"):
         greedy_search(policy, [mle_task()], ToyMLEEnv, K=-1)
+
+
+def _step(**info):
+    from exit_jax.envs.base import StepResult
+    return StepResult([], 0.0, True, info)
+
+
+def test_outcome_ranks_by_validation_metric_in_its_direction():
+    from exit_jax.evaluation.greedy_search import outcome_of
+    rmse = outcome_of(_step(valid=True, validation_score=60.0, validation_normalized=1.0, lower_is_better=True,
+                            normalized=0.9, medal="", code="x"), "")
+    assert rmse["validation_score"] == -60.0  # lower RMSE ranks higher; the clipped normalized value is unused
+    auc = outcome_of(_step(valid=True, validation_score=0.7, normalized=0.5, medal="bronze", code="x"), "")
+    assert auc["validation_score"] == 0.7 and auc["medal"] == "bronze"
+    normed = outcome_of(_step(valid=True, validation_score=0.7, validation_normalized=0.2, normalized=0.5), "")
+    assert normed["validation_score"] == 0.2  # direction unknown: the normalized validation score
+    bad = outcome_of(_step(valid=False, validation_score=0.9, normalized=0.8, medal="gold",
+                           error="Traceback"), "```python\nprint(1)\n```")
+    assert bad == {"code": "print(1)\n", "valid": False, "validation_score": -math.inf, "normalized": 0.0,
+                   "medal": "", "error": "Traceback"}
+
+
+def test_eval_prompt_equals_the_training_debug_prompt():
+    from exit_jax.curriculum import episodes
+    from exit_jax.curriculum.config import CurriculumConfig
+    from exit_jax.evaluation.greedy_search import iterate_conversation
+    task = mle_task()
+    turns = [{"response": "CRASH a", "depth": 0, "score": 0.0, "failed": True, "feedback": "ValueError: a"}]
+    ep = episodes.replay_episode(task, ToyMLEEnv, CurriculumConfig(template="mle"), turns, 1, "improve")
+    assert ep.debug
+    opening = ToyMLEEnv(task).reset()
+    assert list(ep.prompt) == iterate_conversation(opening, task, "CRASH a", "debug", "ValueError: a")
+
+
+def test_real_mle_lite_search_lower_is_better(tmp_path, monkeypatch):
+    """diabetes (RMSE): a crash is debugged; a worse-validation improvement never becomes the best node."""
+    monkeypatch.setenv("EXIT_JAX_MLE_LITE_CACHE", str(tmp_path))
+    from exit_jax.envs.mle import env as mle_env, lite, sandbox
+    task = lite.tasks(["diabetes"])[0].as_task()
+    ridge = ("import os, pandas as pd\nfrom sklearn.linear_model import Ridge\n"
+             "p = os.environ['PUBLIC_RESOURCE_PATH']\n"
+             "tr, te = pd.read_csv(p + '/train.csv'), pd.read_csv(p + '/test.csv')\n"
+             "m = Ridge(alpha=ALPHA).fit(tr.drop(columns=['id', 'target']), tr['target'])\n"
+             "pd.DataFrame({'id': te['id'], 'target': m.predict(te.drop(columns=['id']))})"
+             ".to_csv('submission.csv', index=False)\nprint('validation rmse: 0.0')\n")
+    good, poor = ridge.replace("ALPHA", "1.0"), ridge.replace("ALPHA", "1000.0")
+    policy = ScriptedSearcher({("improve", prompts.MLE_STARTER_SOLUTION): ["raise ValueError('boom')"],
+                               ("debug", "raise ValueError('boom')"): [good],
+                               ("improve", good): [poor]})
+    pool = sandbox.WarmPool(max_workers=1)
+    try:
+        result = greedy_search(policy, [task], lambda t: mle_env.MLEEnv(t, pool=pool), K=2, n=1)
+    finally:
+        pool.close()
+    nodes = result.searches[0][0]
+    assert [nd.action for nd in nodes] == ["draft", "debug", "improve"]
+    assert [nd.valid for nd in nodes] == [False, True, True]
+    assert "ValueError: boom" in policy.prompts[1] and "Your goal is to debug" in policy.prompts[1]
+    assert nodes[1].normalized > nodes[2].normalized > 0.0
+    curve = result.to_dict()["curves"]["normalized_score"]
+    assert curve == pytest.approx([0.0, nodes[1].normalized, nodes[1].normalized])

@@ -173,7 +173,7 @@ class ScriptedSearcher:
     """Replies by a script keyed on (goal, current code): each key yields its replies in order."""
 
     def __init__(self, script, default="CRASH"):
-        self.script = {k: list(v) for k, v in script.items()}
+        self.script = {(goal, code.strip()): list(v) for (goal, code), v in script.items()}
         self.default = default
         self.calls, self.prompts = [], []
 
@@ -184,7 +184,7 @@ class ScriptedSearcher:
             text = conv[-1]["content"]
             self.prompts.append(text)
             goal = "debug" if "Your goal is to debug" in text else "improve"
-            code = _STUDY.search(text).group(1)
+            code = _STUDY.search(text).group(1).strip()
             queue = self.script.get((goal, code), [])
             reply = queue.pop(0) if queue else self.default
             out.append([f"Here is my solution:\n```python\n{reply}\n```"] * num_samples)

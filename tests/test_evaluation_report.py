@@ -126,7 +126,11 @@ def test_curriculum_plot_from_metrics_jsonl(tmp_path):
         "curriculum/start_turn"]
     path = plots.plot_curriculum({"exit": records}, str(tmp_path / "curriculum.png"))
     assert _is_png(path)
+    chosen = plots.plot_curriculum({"exit": records}, str(tmp_path / "chosen.png"),
+                                   keys=["reward_mean", "curriculum/absent", "curriculum/buffer_size"])
+    assert _is_png(chosen)
     assert plots.plot_curriculum([{"iteration": 0, "reward_mean": 0.3}], str(tmp_path / "none.png")) is None
+    assert plots.plot_curriculum([{"iteration": 0}], str(tmp_path / "none.png"), keys=["curriculum/x"]) is None
     assert not os.path.exists(tmp_path / "none.png")
     with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
         plots.load_metrics(str(tmp_path / "missing"))

@@ -16,7 +16,8 @@ CFG = sandbox.SandboxConfig(time_limit_s=5, memory_mb=256, nproc=16, fsize_mb=8,
 
 def _job_processes():
     lo, hi = sandbox._UID_RANGE
-    return [p for p in psutil.process_iter(["uids", "cmdline"]) if p.info["uids"] and lo <= p.info["uids"].real <= hi]
+    return [p for p in psutil.process_iter(["uids", "cmdline"])
+            if p.info["uids"] and lo <= p.info["uids"].real <= hi]
 
 
 @pytest.fixture(scope="module")
@@ -273,3 +274,16 @@ def test_cold_run_is_contained_too(data_dir):
     r = sandbox.run_python(code, data_dir=str(data_dir / "public"), time_limit_s=5, config=CFG)
     assert r.ok and r.stdout == "True\n" and not r.warm
     assert _job_processes() == []
+
+
+def test_sysv_shared_memory_does_not_carry_over_between_runs(box):
+    code = """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+shmid = libc.shmget(0x5EC12E7, 4096, {flags})
+print("SHM", shmid, ctypes.get_errno())
+"""
+    first = box.run_python(code.format(flags="0o1000 | 0o666"))  # IPC_CREAT
+    assert first.ok and int(first.stdout.split()[1]) >= 0
+    second = box.run_python(code.format(flags="0o666"))  # look the segment up only
+    assert second.ok and int(second.stdout.split()[1]) == -1  # ENOENT: removed with the first run

@@ -57,6 +57,12 @@ def _lower_is_better(info: dict, task: Task | None) -> bool | None:
     return flag if isinstance(flag, bool) else None
 
 
+def extract_code(reply: str) -> str:
+    """The solution.py in a reply, as the MLE env reads it ("" when the reply holds no code block)."""
+    from exit_jax.envs.mle.env import extract_code as mle_extract  # lazy: pulls in pandas and sklearn
+    return mle_extract(reply) or ""
+
+
 def outcome_of(result: StepResult, reply: str, task: Task | None = None) -> dict:
     """Reads a graded MLE step: code, validity, validation rank score (higher is better), normalized test
     score, medal, error.
@@ -77,7 +83,8 @@ def outcome_of(result: StepResult, reply: str, task: Task | None = None) -> dict
     if not valid or val is None:
         val = -math.inf
     medal = info.get("medal") or ""
-    return {"code": str(info.get("code", reply)), "valid": valid, "validation_score": val,
+    code = info["code"] if isinstance(info.get("code"), str) else extract_code(reply)
+    return {"code": code, "valid": valid, "validation_score": val,
             "normalized": (_finite(info.get("normalized")) or 0.0) if valid else 0.0,
             "medal": str(medal) if valid and medal not in ("none", "None") else "",
             "error": str(info.get("error") or info.get("reason") or "")}
@@ -92,7 +99,10 @@ def best_index(nodes: Sequence[Node]) -> int:
     return best
 
 
-def _mle_fields(task: Task) -> tuple[str, str]:
+def _mle_fields(task: Task, env: Env | None = None) -> tuple[str, str]:
+    """Task description and file previews: from the MLE env when it offers them, else from task.data."""
+    if env is not None and hasattr(env, "task_description") and hasattr(env, "preview_contents"):
+        return str(env.task_description()), str(env.preview_contents())
     try:
         return str(task.data["task_description"]), str(task.data["preview_contents"])
     except KeyError as e:
@@ -101,10 +111,10 @@ def _mle_fields(task: Task) -> tuple[str, str]:
 
 
 def iterate_conversation(opening: Sequence[dict], task: Task, code: str, goal: str,
-                         error_trace: str = "") -> list[dict]:
+                         error_trace: str = "", env: Env | None = None) -> list[dict]:
     """The base conversation with its user request replaced by the MLE template around `code` (the rule
     the training episodes use), with the improve or debug preamble (paper Appendix B)."""
-    description, previews = _mle_fields(task)
+    description, previews = _mle_fields(task, env)
     messages = [dict(m) for m in opening]
     if messages and messages[-1].get("role") == "user":
         messages.pop()
@@ -189,7 +199,8 @@ def greedy_search(policy: Policy, tasks: Sequence[Task], env_factory: EnvFactory
     if K < 0 or n < 1:
         raise ValueError(f"Greedy search needs K >= 0 and n >= 1, got K={K}, n={n}.")
     tasks = list(tasks)
-    openings = [list(env_factory(t).reset()) for t in tasks]
+    envs = [env_factory(t) for t in tasks]
+    openings = [list(env.reset()) for env in envs]
     searches: list[list[list[Node]]] = [[[] for _ in range(n)] for _ in tasks]
 
     def add(step: int, plans: list[tuple[int, int, str, int]], replies: list[str]) -> None:
@@ -216,7 +227,7 @@ def greedy_search(policy: Policy, tasks: Sequence[Task], env_factory: EnvFactory
                 code = nodes[parent].code if parent >= 0 else prompts.MLE_STARTER_SOLUTION
                 trace = nodes[parent].error[-error_tail_chars:] if action == "debug" else ""
                 plans.append((i, j, action, parent))
-                conversations.append(iterate_conversation(openings[i], task, code, action, trace))
+                conversations.append(iterate_conversation(openings[i], task, code, action, trace, envs[i]))
         replies = generate_checked(policy, conversations, num_samples=1)
         add(step, plans, [row[0] for row in replies])
     return SearchResult(K=K, n=n, task_ids=[t.id for t in tasks], searches=searches)

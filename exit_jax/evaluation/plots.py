@@ -33,7 +33,11 @@ LABELS = {
     "total_return": "total task return",
     "normalized_score": "normalized score",
     "medal_rate": "medal rate",
-    "valid_rate": "valid submission rate",
+    "valid_rate": "valid rate of the node made at step k",
+    "reward/mean": "training reward (mean)",
+    "learnability": "learnability S of trained groups",
+    "sampled_depth": "sampled depth (self-iteration steps)",
+    "start_turn": "replay start turn",
 }
 
 
@@ -102,8 +106,10 @@ def plot_eval(record: Mapping, out_dir: str, prefix: str = "eval") -> list[str]:
     for name, ev in record["evaluations"].items():
         curves = ev["curves"]
         names = [ev["headline"]] + sorted(c for c in curves if c != ev["headline"])
-        fig, axes = _subplots(1, len(names), (4.6 * len(names), 3.8))
-        for ax, cname in zip(axes[0], names):
+        cols = min(3, len(names))
+        rows = math.ceil(len(names) / cols)
+        fig, axes = _subplots(rows, cols, (4.6 * cols, 3.4 * rows + 0.4))
+        for ax, cname in zip(axes.flat, names):
             _draw_series(ax, {method: [curves[cname]]})
             ax.set_title(curve_label(cname))
             ax.set_xlabel("self-improvement step k" if ev["kind"] != "greedy_search" else "search step k")
@@ -111,6 +117,8 @@ def plot_eval(record: Mapping, out_dir: str, prefix: str = "eval") -> list[str]:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
+        for ax in list(axes.flat)[len(names):]:
+            ax.axis("off")
         fig.suptitle(f"{name}: {ev['kind'].replace('_', ' ')} (K={ev['K']}, n={ev.get('n', '?')})")
         paths.append(_save(fig, os.path.join(out_dir, f"{prefix}_{name}.png")))
         groups = ev.get("groups") or {}
@@ -168,25 +176,35 @@ def _as_float(value) -> float:
         return float("nan")
 
 
-def curriculum_keys(runs: Mapping[str, Sequence[Mapping]]) -> list[str]:
-    """The `curriculum/...` keys with a numeric value in any record of any run, sorted."""
+def numeric_keys(runs: Mapping[str, Sequence[Mapping]], prefix: str = "") -> list[str]:
+    """The keys (starting with `prefix`) with a finite numeric value in any record of any run, sorted."""
     keys = set()
     for records in runs.values():
         for r in records:
-            keys.update(k for k, v in r.items() if k.startswith(CURRICULUM_PREFIX)
+            keys.update(k for k, v in r.items() if k.startswith(prefix) and k != "iteration"
                         and isinstance(v, (int, float, str)) and not isinstance(v, bool)
                         and math.isfinite(_as_float(v)))
     return sorted(keys)
 
 
+def curriculum_keys(runs: Mapping[str, Sequence[Mapping]]) -> list[str]:
+    """The `curriculum/...` keys with a numeric value in any record of any run, sorted."""
+    return numeric_keys(runs, CURRICULUM_PREFIX)
+
+
 def plot_curriculum(runs: Mapping[str, Sequence[Mapping]] | Sequence[Mapping], path: str, *,
                     keys: Sequence[str] | None = None, title: str = "Curriculum statistics") -> str | None:
     """Curriculum statistics vs training iteration (paper Fig. 5 left, Fig. 6): one panel per
-    `curriculum/...` key (sampled depth, start turn, sampled-from iteration, buffer size, ...), one line per
-    run. Returns None when no record has such a key (e.g. a GRPO run logs none)."""
+    `curriculum/...` key (sampled depth, start turn, sampled-from iteration, buffer size, ...), or one per
+    given key that some run logged, one line per run. Returns None (and writes nothing) when no record
+    has any of those keys (e.g. a GRPO run logs no curriculum statistics)."""
     if not isinstance(runs, Mapping):
         runs = {"run": runs}
-    keys = list(keys) if keys is not None else curriculum_keys(runs)
+    if keys is None:
+        keys = curriculum_keys(runs)
+    else:  # keep the requested order; drop keys no run logged (e.g. buffer statistics of a GRPO run)
+        present = set(numeric_keys(runs))
+        keys = [k for k in keys if k in present]
     if not keys:
         return None
     cols = min(3, len(keys))

@@ -61,7 +61,8 @@ def read_metadata(reader) -> dict:
     return meta
 
 
-def config_from_metadata(meta: dict, path: str, tensor_names: set) -> ModelConfig:
+def config_from_metadata(meta: dict, path: str, tensor_shapes: dict) -> ModelConfig:
+    """ModelConfig from `{arch}.*` metadata; `tensor_shapes` maps GGUF names to numpy-order shapes."""
     arch = meta.get("general.architecture")
     if arch not in _ARCH_TO_FAMILY:
         raise ValueError(f"GGUF {path!r} has general.architecture={arch!r}; supported: "
@@ -77,10 +78,11 @@ def config_from_metadata(meta: dict, path: str, tensor_names: set) -> ModelConfi
     hidden = int(get("embedding_length"))
     head_dim = int(meta.get(f"{arch}.attention.key_length") or meta.get(f"{arch}.rope.dimension_count")
                    or hidden // heads)
-    n_tokens = len(meta.get("tokenizer.ggml.tokens", []))
-    vocab = int(meta.get(f"{arch}.vocab_size") or n_tokens)
+    if "token_embd.weight" not in tensor_shapes:
+        raise ValueError(f"GGUF {path!r} has no token_embd.weight tensor.")
+    vocab = int(tensor_shapes["token_embd.weight"][0])  # the embedding, not the token list, sets V
     scaling_type = meta.get(f"{arch}.rope.scaling.type")
-    if scaling_type not in (None, "none") and "rope_freqs.weight" not in tensor_names:
+    if scaling_type not in (None, "none") and "rope_freqs.weight" not in tensor_shapes:
         raise ValueError(f"GGUF {path!r}: rope scaling type {scaling_type!r} is not supported "
                          "(only Llama 3 'llama3' scaling).")
     return ModelConfig(
@@ -90,7 +92,7 @@ def config_from_metadata(meta: dict, path: str, tensor_names: set) -> ModelConfi
         intermediate_size=int(get("feed_forward_length")),
         rope_theta=float(meta.get(f"{arch}.rope.freq_base", 10000.0)),
         rms_norm_eps=float(get("attention.layer_norm_rms_epsilon")),
-        tie_embeddings="output.weight" not in tensor_names,
+        tie_embeddings="output.weight" not in tensor_shapes,
         max_position_embeddings=int(meta.get(f"{arch}.context_length", 8192)),
         name=str(meta.get("general.name", os.path.basename(path))))
 
@@ -152,9 +154,9 @@ def load_gguf(path: str):
     """-> (ModelConfig, iterator of HF-named float32 tensors, metadata dict)."""
     reader = _reader(path)
     meta = read_metadata(reader)
-    names = {t.name for t in reader.tensors}
-    config = config_from_metadata(meta, path, names)
-    if "rope_freqs.weight" in names:
+    shapes = {t.name: tuple(int(d) for d in reversed(t.shape)) for t in reader.tensors}
+    config = config_from_metadata(meta, path, shapes)
+    if "rope_freqs.weight" in shapes:
         t = next(t for t in reader.tensors if t.name == "rope_freqs.weight")
         config = _match_rope_freqs(config, np.asarray(t.data, np.float32).reshape(-1), path)
     return config, iter_hf_tensors(reader, config, path), meta

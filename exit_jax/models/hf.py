@@ -104,7 +104,7 @@ def config_to_hf(config: ModelConfig, bos_id: Optional[int], eos_ids: tuple,
         "max_position_embeddings": c.max_position_embeddings,
         "tie_word_embeddings": c.tie_embeddings, "attention_dropout": 0.0,
         "hidden_act": "gelu_pytorch_tanh" if c.family == "gemma" else "silu",
-        "bos_token_id": bos_id, "eos_token_id": list(eos_ids) if len(eos_ids) > 1 else
+        "bos_token_id": bos_id, "dtype": dtype, "eos_token_id": list(eos_ids) if len(eos_ids) > 1 else
         (eos_ids[0] if eos_ids else None), "pad_token_id": pad_id, "torch_dtype": dtype,
         "use_cache": True,
     }

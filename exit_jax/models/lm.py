@@ -103,7 +103,10 @@ def load_gguf(path: str, dtype=jnp.float32) -> LM:
     where = f"GGUF {path!r}"
     _check_vocab(config, tokenizer, where)
     params = hf.params_from_hf(tensors, config, dtype, where)
-    return LM(config, params, tokenizer, dtype, _generation_config(tokenizer, {}))
+    declared = {key: meta[f"general.sampling.{g}"] for key, g in
+                (("temperature", "temp"), ("top_p", "top_p"), ("top_k", "top_k"))
+                if f"general.sampling.{g}" in meta}
+    return LM(config, params, tokenizer, dtype, _generation_config(tokenizer, declared))
 
 
 def load_hf_dir(path: str, dtype=jnp.float32) -> LM:
@@ -173,7 +176,8 @@ def save_hf(lm: LM, out_dir: str) -> None:
     cfg = hf.config_to_hf(lm.config, tok.bos_id, tok.eos_ids, tok.pad_id, dtype_name)
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(cfg, f, indent=2)
-    gen = {k: v for k, v in lm.generation_config.items()}
+    # HF reads top_k=0 as invalid rather than "off"; leave it out in that case.
+    gen = {k: v for k, v in lm.generation_config.items() if not (k == "top_k" and not v)}
     gen.update(eos_token_id=list(tok.eos_ids), pad_token_id=tok.pad_id, bos_token_id=tok.bos_id)
     with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
         json.dump(gen, f, indent=2)

@@ -101,11 +101,22 @@ class Attention(nn.Module):
             cache = {"k": k, "v": v}
         groups = c.num_heads // c.num_kv_heads
         q = q.reshape(b, t, c.num_kv_heads, groups, c.head_dim) * (c.head_dim ** -0.5)
-        scores = jnp.einsum("btkgd,bskd->bkgts", q, k.astype(q.dtype),
-                            preferred_element_type=jnp.float32)  # [B, Hkv, G, T, S]
+        if t == 1:
+            # One-token decode: multiply-and-sum instead of B*Hkv tiny matmuls, for which XLA:CPU
+            # also copies the whole cache into a transposed layout every step (~2x the attention).
+            f32 = jnp.float32
+            scores = jnp.sum(q[:, 0, None].astype(f32) * k[:, :, :, None].astype(f32), axis=-1)
+            scores = jnp.moveaxis(scores, 1, -1)[:, :, :, None]  # [B, Hkv, G, 1, S]
+        else:
+            scores = jnp.einsum("btkgd,bskd->bkgts", q, k.astype(q.dtype),
+                                preferred_element_type=jnp.float32)  # [B, Hkv, G, T, S]
         scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(self.dtype))
+        if t == 1:
+            p = jnp.moveaxis(probs[:, :, :, 0], -1, 1)[..., None].astype(f32)  # [B, S, Hkv, G, 1]
+            out = jnp.sum(p * v[:, :, :, None].astype(f32), axis=1)[:, None].astype(self.dtype)
+        else:
+            out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(self.dtype))
         out = out.reshape(b, t, c.num_heads * c.head_dim)
         return dense(c.hidden_size, use_bias=False, name="o")(out), cache
 

@@ -18,6 +18,12 @@ from exit_jax.training.metrics import read_metrics
 
 log = logging.getLogger(__name__)
 
+# The paper's curriculum statistics (Figs. 5-7) plus the training reward, one panel each.
+CURRICULUM_PANELS = ("reward/mean", "curriculum/learnability", "curriculum/buffer_size",
+                     "curriculum/replay_fraction", "curriculum/sampled_depth", "curriculum/start_turn",
+                     "curriculum/sampled_from_iteration", "curriculum/distinct_instances_seen",
+                     "curriculum/buffer_score_p50")
+
 
 def evaluate_policy(policy, domain: Domain, num_tasks: Optional[int] = None, K: Optional[int] = None,
                     n: int = 8, workers: int = 4) -> dict:
@@ -54,6 +60,6 @@ def final_evaluation(policy, domain: Domain, workdir: str, method: str, seed: in
     path = eval_json.write_eval_json(os.path.join(workdir, "eval.json"), record)
     written = plots.plot_eval(record, workdir)
     curriculum = plots.plot_curriculum({method: read_metrics(workdir)},
-                                       os.path.join(workdir, "curriculum.png"))
+                                       os.path.join(workdir, "curriculum.png"), keys=CURRICULUM_PANELS)
     log.info("wrote %s and plots %s", path, written + ([curriculum] if curriculum else []))
     return path

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -40,9 +41,10 @@ class RunConfig:
     prompts_per_iteration: int = 8  # P: GRPO groups per iteration
     group_size: int = 8  # G: rollouts per group
     checkpoint_every: int = 1  # iterations between checkpoints (1: a kill loses at most one)
-    keep_checkpoints: int = 2
+    keep_checkpoints: Optional[int] = 2  # None keeps every checkpoint
     env_workers: int = 4  # threads stepping environments (sandboxes and graders are processes)
     embedder: str = "hashed_ngram"  # diversity-bonus embedder (full ExIt only)
+    eval_every: int = 0  # run evaluate_at_end every this many iterations too (0: only at the end)
     progress: bool = True
 
     def __post_init__(self):
@@ -144,6 +146,7 @@ def train(run: RunConfig, model: Any, domain: Domain, curriculum: CurriculumConf
     state = learner_lib.place_state(state, learner, mesh)
     update = learner_lib.make_update(lm.config, learner, mesh)
     policy = TextPolicy(lm, sampling, stop_strings=domain.stop_strings)
+    policy.params = _sampling_params(state, learner)
     embedder = None
     if curriculum.diversity_bonus:
         embedder = (embedders.PolicyHidden(policy) if run.embedder == "policy_hidden"
@@ -160,8 +163,6 @@ def train(run: RunConfig, model: Any, domain: Domain, curriculum: CurriculumConf
             t0 = time.perf_counter()
             buf, episodes = episodes_lib.plan(host.buffer, host.rng, domain.train_tasks, domain.make_env,
                                               curriculum, run.prompts_per_iteration, iteration=it)
-            policy.params = learner_lib.host_params(state, learner) if learner.parallel != "single" \
-                else state.params
             t1 = time.perf_counter()
             groups, segments, roll_stats = run_groups(policy, episodes, run.group_size, domain.make_env,
                                                       seed=run.seed * 1_000_003 + it, pool=pool)
@@ -170,6 +171,7 @@ def train(run: RunConfig, model: Any, domain: Domain, curriculum: CurriculumConf
             batch = batch_lib.pack(segments, adv, mult, sampling.max_new_tokens,
                                    lm.tokenizer.pad_id, row_multiple, sampling.min_bucket)
             state, learn = update(state, learner_lib.place_batch(batch, learner, mesh))
+            policy.params = _sampling_params(state, learner)
             learn = {f"learner/{k}": float(v) for k, v in jax.device_get(learn).items()}
             t3 = time.perf_counter()
             buf, scores = episodes_lib.update(buf, episodes, groups, curriculum, it)
@@ -191,16 +193,38 @@ def train(run: RunConfig, model: Any, domain: Domain, curriculum: CurriculumConf
                 "throughput/sampled_tokens_per_s": roll_stats["rollout/completion_tokens"] / (t2 - t1),
                 "throughput/trained_tokens_per_s": trained_tokens / (t3 - t2),
             }
+            if run.eval_every and evaluate_at_end is not None and host.iteration % run.eval_every == 0 \
+                    and host.iteration < run.num_iterations:
+                metrics.update(_evaluate(evaluate_at_end, policy, domain, run, curriculum, host.iteration))
             writer.write(it, metrics)
             progress(it, metrics)
     writer.close()
     ckpt.close()
     if evaluate_at_end is not None:
-        policy.params = learner_lib.host_params(state, learner) if learner.parallel != "single" \
-            else state.params
-        evaluate_at_end(policy=policy, domain=domain, workdir=run.workdir, method=curriculum.method,
-                        seed=run.seed)
+        metrics.update(_evaluate(evaluate_at_end, policy, domain, run, curriculum, host.iteration))
     return metrics
+
+
+def _evaluate(evaluate_fn, policy: TextPolicy, domain: Domain, run: RunConfig,
+              curriculum: CurriculumConfig, iteration: int) -> dict:
+    """Runs the evaluation on the current params; returns the headline curve's ends as metrics."""
+    policy.calls = 0  # evaluation seeds depend only on the evaluation itself, so resumes reproduce it
+    path = evaluate_fn(policy=policy, domain=domain, workdir=run.workdir, method=curriculum.method,
+                       seed=run.seed, iteration=iteration)
+    out = {}
+    with open(path, encoding="utf-8") as f:
+        record = json.load(f)
+    for name, ev in record["evaluations"].items():
+        curve = ev["curves"][ev["headline"]]
+        out[f"eval/{name}/k0"], out[f"eval/{name}/kK"] = curve[0], curve[-1]
+    return out
+
+
+def _sampling_params(state, learner: learner_lib.LearnerConfig):
+    """The params the sampler uses: one replicated copy, in the model's dtype."""
+    if learner.parallel == "single":
+        return state.params
+    return learner_lib.host_params(state, learner)
 
 
 def _savable(state, learner: learner_lib.LearnerConfig):

@@ -1,0 +1,6 @@
+"""ML engineering domain: MLE-lite offline tasks, the MLE-bench adapter, the sandbox (issue 7).
+
+Modules: `sandbox` (bwrap runner, warm worker pool), `lite` (offline tasks), `grading` (metrics,
+normalisation, medals), `mlebench` (prepared MLE-bench competitions), `env` (MLEEnv). Import them
+directly: `from exit_jax.envs.mle import lite, sandbox`.
+"""

@@ -210,7 +210,8 @@ def reference_models(classification: bool, seed: int = 0) -> dict:
     that together form the synthetic leaderboard (hyperparameter sweeps of common families)."""
     from sklearn import ensemble, linear_model, naive_bayes, neighbors, tree
     if classification:
-        models = {f"logreg_C{c}": linear_model.LogisticRegression(C=c, max_iter=2000) for c in (0.01, 0.1, 1.0, 10.0)}
+        models = {f"logreg_C{c}": linear_model.LogisticRegression(C=c, max_iter=2000)
+                  for c in (0.01, 0.1, 1.0, 10.0)}
         models["naive_bayes"] = naive_bayes.GaussianNB()
         make_rf, make_et = ensemble.RandomForestClassifier, ensemble.ExtraTreesClassifier
         make_hgb, make_knn = ensemble.HistGradientBoostingClassifier, neighbors.KNeighborsClassifier
@@ -232,7 +233,9 @@ def reference_models(classification: bool, seed: int = 0) -> dict:
     return models
 
 
-REFERENCE_NAMES = {True: ("logreg_C1.0", "rf_depthNone", "hgb_100"), False: ("ridge_a1.0", "rf_depthNone", "hgb_100")}
+# The reference pipelines (the normalisation's top anchor), keyed by "is classification".
+REFERENCE_NAMES = {True: ("logreg_C1.0", "rf_depthNone", "hgb_100"),
+                   False: ("ridge_a1.0", "rf_depthNone", "hgb_100")}
 
 
 def fit_predict(model, X_train: pd.DataFrame, y_train: pd.Series, X_eval: pd.DataFrame, kind: str,

@@ -28,7 +28,7 @@ from exit_jax.envs.base import Task
 from exit_jax.envs.mle import grading, sandbox
 from exit_jax.envs.mle.grading import GradeResult, InvalidSubmission
 
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2  # bump when files or anchors change meaning: it keys the cache
 ID_COL = "id"
 DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "exit_jax", "mle_lite")
 
@@ -165,7 +165,8 @@ def specs() -> list:
 def preview_files(public_dir: str, rows: int = 5, max_cols: int = 12) -> str:
     """The `{preview_contents}` of the MLE prompt: each CSV's shape and first rows and columns."""
     parts = []
-    for name in sorted(os.listdir(public_dir)):
+    order = {"train.csv": 0, "test.csv": 1}
+    for name in sorted(os.listdir(public_dir), key=lambda n: (order.get(n, 2), n)):
         path = os.path.join(public_dir, name)
         if not name.endswith(".csv") or not os.path.isfile(path):
             if name != "description.md":  # the description is its own prompt slot
@@ -266,7 +267,8 @@ class LiteTask:
     def _public_frames(self) -> dict:
         train = self._X["train"].assign(**{self.spec.target: self._y["train"].to_numpy()})
         train.insert(0, ID_COL, self._ids["train"])
-        order = np.random.default_rng(self.spec.seed + 2).permutation(len(self._ids["val"]) + len(self._ids["test"]))
+        n_hidden = len(self._ids["val"]) + len(self._ids["test"])
+        order = np.random.default_rng(self.spec.seed + 2).permutation(n_hidden)  # mix validation and test
         test_ids = self._ids["val"].append(self._ids["test"])[order]
         test = pd.concat([self._X["val"], self._X["test"]]).iloc[order]
         test.insert(0, ID_COL, test_ids)
@@ -277,7 +279,9 @@ class LiteTask:
         frames = self._public_frames()
         blobs = {k: v.to_csv(index=False).encode() for k, v in frames.items()}
         blobs["description.md"] = self.description.encode()
-        h = hashlib.sha256(f"{_FORMAT_VERSION}|{sklearn.__version__}|{self.spec}".encode())
+        s = self.spec  # the run budget is not part of the key: anchors do not depend on it
+        key = (_FORMAT_VERSION, sklearn.__version__, s.id, s.title, s.goal, s.metric, s.target, s.max_rows, s.seed)
+        h = hashlib.sha256(repr(key).encode())
         for k in sorted(blobs):
             h.update(k.encode() + blobs[k])
         h.update(pd.concat([self._answers("val"), self._answers("test")]).to_csv().encode())
@@ -338,11 +342,12 @@ class LiteTask:
         pick = min if self.lower_is_better else max
         refs = grading.REFERENCE_NAMES[classification]
         ref = pick(refs, key=lambda n: test[n])
-        return {"baseline": self._score("test", self._constant(len(self._ids["test"]))),
-                "reference": test[ref], "reference_model": ref,
+        baseline = self._score("test", self._constant(len(self._ids["test"])))
+        return {"baseline": baseline, "reference": test[ref], "reference_model": ref,
                 "val_baseline": self._score("val", self._constant(len(self._ids["val"]))),
                 "val_reference": pick(val[n] for n in refs),
-                "leaderboard": sorted(test.values(), reverse=not self.lower_is_better)}
+                # the teams: every pipeline variant plus a sample-submission (constant) entry, best first
+                "leaderboard": sorted([*test.values(), baseline], reverse=not self.lower_is_better)}
 
     # ----- grading
 
@@ -380,10 +385,13 @@ class LiteTask:
                                                     "mle_task": self})
 
 
-def tasks(ids: Sequence[str] | None = None, cache_dir: str | None = None) -> list:
-    """The MLE-lite tasks (all, or those named in `ids`, in that order)."""
+def tasks(ids: Sequence[str] | None = None, cache_dir: str | None = None, time_limit_s: float | None = None,
+          memory_mb: int | None = None) -> list:
+    """The MLE-lite tasks (all, or those named in `ids`, in that order); `time_limit_s` / `memory_mb`
+    override every task's run budget (the paper gives MLE-bench runs 5 minutes; MLE-lite needs far less)."""
     by_id = {s.id: s for s in specs()}
     unknown = [i for i in (ids or []) if i not in by_id]
     if unknown:
         raise ValueError(f"unknown MLE-lite task ids {unknown}; known: {sorted(by_id)}.")
-    return [LiteTask(by_id[i], cache_dir) for i in (ids or list(by_id))]
+    budget = {k: v for k, v in (("time_limit_s", time_limit_s), ("memory_mb", memory_mb)) if v is not None}
+    return [LiteTask(dataclasses.replace(by_id[i], **budget), cache_dir) for i in (ids or list(by_id))]

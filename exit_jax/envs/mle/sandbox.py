@@ -9,12 +9,12 @@ Layout inside the sandbox (bwrap back end):
     /usr, the Python prefix and the venv, read-only; dataset files shipped inside packages are hidden
 
 Nothing else of the host is visible; private answers are never mounted. Namespaces: pid, net (no network,
-not even loopback to the host), ipc, uts, cgroup. The supervisor (`warm_worker.py`) runs as root inside the
-sandbox with only CAP_SETUID/SETGID/KILL/SYS_PTRACE; each solution runs in a forked child with rlimits on CPU time,
-memory (RLIMIT_DATA, plus a generous RLIMIT_AS for shared maps), file size, processes and core dumps, under a
-random unprivileged uid so that RLIMIT_NPROC is enforced (the kernel exempts uid 0; domains.md §4
-pitfalls). The supervisor also watches the job's total memory and disk use and the wall clock, and kills
-every process of the job before it answers.
+not even loopback to the host), ipc, uts, cgroup. The supervisor (`warm_worker.py`) runs as root inside
+the sandbox with only CAP_SETUID/SETGID/KILL/SYS_PTRACE; each solution runs in a forked child with rlimits
+on CPU time, memory (RLIMIT_DATA, plus a generous RLIMIT_AS for shared maps), file size, processes and core
+dumps, under a random unprivileged uid so that RLIMIT_NPROC is enforced (the kernel exempts uid 0;
+domains.md §4 pitfalls). The supervisor also watches the job's total memory (PSS) and disk use and the wall
+clock, and before it answers kills every process of the job and removes its System V IPC objects.
 
 Two ways to run: `run_python(...)` starts a fresh sandbox per call (cold: ~1 s of interpreter start and
 imports), `WarmSandbox` / `WarmPool` keep a sandboxed worker with numpy/pandas/sklearn imported that forks a
@@ -190,9 +190,12 @@ class _Worker:
     """One supervisor process (warm: many jobs; cold: `once`) and its host-side directories."""
 
     def __init__(self, cfg: SandboxConfig, data_dir: str | None, warm: bool):
+        if data_dir is not None and not os.path.isdir(data_dir):
+            raise FileNotFoundError(f"data_dir {data_dir!r} is not a directory.")
         self.cfg, self.warm = cfg, warm
         self.backend = resolve_backend(cfg)
         self.root = tempfile.mkdtemp(prefix="exit_jax_sbx_")
+        os.chmod(self.root, 0o711)  # the unsafe back end's job uid must traverse it to its work dir
         self.jobs, self.tmp = os.path.join(self.root, "jobs"), os.path.join(self.root, "tmp")
         os.mkdir(self.jobs, 0o711)  # traversable, not listable, by the job's uid
         os.mkdir(self.tmp)
@@ -200,10 +203,14 @@ class _Worker:
         if data_dir is None:
             data_dir = os.path.join(self.root, "empty")
             os.mkdir(data_dir)
-        if not os.path.isdir(data_dir):
-            raise FileNotFoundError(f"data_dir {data_dir!r} is not a directory.")
         self.data_dir = os.path.abspath(data_dir)
         self.uid = random.randint(*_UID_RANGE) if os.geteuid() == 0 else None
+        if self.uid is not None and self.backend != "bwrap" and not _others_can_read(sys.base_prefix):
+            # Unsafe back end only: an unprivileged uid could not even import the stdlib (e.g. under a
+            # 0700 /root), so the job keeps our uid and RLIMIT_NPROC goes unenforced for root.
+            log.warning("UNSAFE sandbox: %s is not world-readable, so solutions run as uid %d.",
+                        sys.base_prefix, os.geteuid())
+            self.uid = None
         args = ["--preload", ",".join(cfg.preload)] if warm else ["--once"]
         if self.backend == "bwrap":
             argv, env, cwd = _bwrap_argv(cfg, self.data_dir, self.jobs, self.tmp, args), {}, self.root
@@ -215,7 +222,7 @@ class _Worker:
             self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=logf,
                                          env=env, cwd=cwd, start_new_session=True)
         self._buf = b""
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # close() (e.g. LRU eviction) waits for a run in flight
         ready = self._read_reply(time.monotonic() + 120)
         if not ready or not ready.get("ready"):
             err = self._log_tail()
@@ -289,6 +296,10 @@ class _Worker:
                          runtime_s=reply["runtime_s"], reason=reply["reason"], warm=self.warm)
 
     def close(self) -> None:
+        with self.lock:
+            self._close()
+
+    def _close(self) -> None:
         if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, 9)  # bwrap's pid namespace takes every sandboxed process with it
@@ -301,6 +312,16 @@ class _Worker:
             except OSError:
                 pass
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _others_can_read(path: str) -> bool:
+    """Whether a uid with no rights of its own can reach and read `path` (every ancestor o+x)."""
+    path = os.path.realpath(path)
+    parts = path.split(os.sep)
+    for i in range(2, len(parts) + 1):
+        if not os.stat(os.sep.join(parts[:i]) or os.sep).st_mode & stat.S_IXOTH:
+            return False
+    return bool(os.stat(path).st_mode & stat.S_IROTH)
 
 
 def _collect_outputs(job_dir: str, max_bytes: int) -> dict:
@@ -390,7 +411,11 @@ class WarmSandbox:
 
 
 class WarmPool:
-    """Warm sandboxes keyed by data dir, least recently used closed beyond `max_workers`."""
+    """Warm sandboxes keyed by data dir, least recently used closed beyond `max_workers`.
+
+    Runs on one data dir are serialised (one worker each). bwrap's --die-with-parent ties a worker to the
+    thread that started it: use a pool from long-lived threads (a dead worker is restarted on the next run).
+    """
 
     def __init__(self, config: SandboxConfig = SandboxConfig(), max_workers: int = 4):
         self.config, self.max_workers = config, max_workers

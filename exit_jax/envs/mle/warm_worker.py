@@ -136,6 +136,29 @@ def _kill_job(pid: int, uid: int | None, in_pidns: bool) -> dict:
     return reaped
 
 
+def _remove_sysv_ipc(uid: int) -> None:
+    """Deletes the System V shared memory, semaphores and message queues the job created: unlike its
+    processes they outlive it, and would carry data (or hold memory) into the next run of a warm worker.
+    Runs as the job's uid, so it can only ever remove the job's own objects."""
+    helper = os.fork()
+    if helper == 0:
+        try:
+            os.setresuid(uid, uid, uid)
+            libc = ctypes.CDLL(None, use_errno=True)
+            for kind, rm in (("shm", lambda i: libc.shmctl(i, 0, None)), ("sem", lambda i: libc.semctl(i, 0, 0)),
+                             ("msg", lambda i: libc.msgctl(i, 0, None))):  # 0 = IPC_RMID
+                try:
+                    with open(f"/proc/sysvipc/{kind}") as f:
+                        ids = [int(line.split()[1]) for line in list(f)[1:] if line.strip()]
+                except OSError:
+                    continue
+                for i in ids:
+                    rm(i)
+        finally:
+            os._exit(0)
+    os.waitpid(helper, 0)
+
+
 def _reap(into: dict) -> None:
     while True:
         try:
@@ -191,8 +214,12 @@ def _child(job: dict, out_w: int, err_w: int) -> None:
             code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
             if not isinstance(e.code, (int, type(None))):
                 print(e.code, file=sys.stderr)
-        except BaseException:
-            traceback.print_exc()
+        except BaseException as e:
+            # Show the trace as `python solution.py` would: from the solution's own frames on.
+            tb = e.__traceback__
+            while tb is not None and tb.tb_frame.f_code.co_filename != job["script"]:
+                tb = tb.tb_next
+            traceback.print_exception(type(e), e, tb)
             code = 1
     except BaseException:  # a failure while entering the sandbox: report it, never fall back into the loop
         try:
@@ -266,6 +293,8 @@ def run_job(job: dict) -> dict:
                 break
     runtime = time.monotonic() - start
     reaped = _kill_job(pid, uid, job["in_pidns"])
+    if uid is not None:
+        _remove_sysv_ipc(uid)
     if status is None:
         status = reaped[pid] if pid in reaped else os.waitpid(pid, 0)[1]
     for fd in list(bufs):

@@ -1,0 +1,159 @@
+"""Checkpoint formats: save_hf / orbax round trips, sharded safetensors, GGUF, and bad-input errors."""
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from exit_jax import models
+
+PARITY = os.path.join(os.path.dirname(__file__), "fixtures", "parity")
+
+
+def fixture(name):
+    return os.path.join(PARITY, name)
+
+
+def copy_fixture(name, tmp_path, **config_changes):
+    out = tmp_path / name
+    shutil.copytree(fixture(name), out)
+    if config_changes:
+        cfg = json.loads((out / "config.json").read_text())
+        cfg.update(config_changes)
+        (out / "config.json").write_text(json.dumps(cfg))
+    return str(out)
+
+
+def assert_same_lm(a, b):
+    assert jax.tree.structure(a.params) == jax.tree.structure(b.params)
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+        assert x.dtype == y.dtype and np.array_equal(np.asarray(x), np.asarray(y))
+    assert dataclass_fields(a.config) == dataclass_fields(b.config)
+    text = a.tokenizer.apply_chat_template([{"role": "user", "content": "Hi there, 123!"}])
+    assert text == b.tokenizer.apply_chat_template([{"role": "user", "content": "Hi there, 123!"}])
+    assert a.tokenizer.encode(text) == b.tokenizer.encode(text)
+    assert a.tokenizer.eos_ids == b.tokenizer.eos_ids and a.tokenizer.pad_id == b.tokenizer.pad_id
+    assert a.tokenizer.vocab_size == b.tokenizer.vocab_size
+
+
+def dataclass_fields(config):
+    import dataclasses
+    return {k: v for k, v in dataclasses.asdict(config).items() if k != "name"}
+
+
+@pytest.mark.parametrize("name", ["llama_gqa_tied", "llama_mha_untied_rope3", "qwen2_bias",
+                                  "gemma_head_dim"])
+def test_save_hf_round_trip_is_exact(name, tmp_path):
+    lm = models.load(fixture(name))
+    out = str(tmp_path / "export")
+    models.save_hf(lm, out)
+    for file in ("config.json", "model.safetensors", "tokenizer_config.json",
+                 "generation_config.json"):
+        assert os.path.exists(os.path.join(out, file)), file
+    tok_cfg = json.loads(open(os.path.join(out, "tokenizer_config.json")).read())
+    assert tok_cfg["chat_template"] == lm.tokenizer.chat_template
+    back = models.load(out)
+    assert_same_lm(lm, back)
+    tokens = np.load(os.path.join(fixture(name), "tokens.npy"))
+    np.testing.assert_array_equal(np.asarray(lm.logits(tokens)), np.asarray(back.logits(tokens)))
+
+
+def test_save_hf_keeps_bfloat16(tmp_path):
+    lm = models.load(fixture("qwen2_bias"), dtype="bfloat16")
+    assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(lm.params))
+    models.save_hf(lm, str(tmp_path))
+    assert json.loads((tmp_path / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    assert_same_lm(lm, models.load(str(tmp_path), dtype="bfloat16"))
+    logits = lm.logits(np.load(os.path.join(fixture("qwen2_bias"), "tokens.npy")))
+    assert logits.dtype == jnp.float32
+
+
+def test_orbax_round_trip(tmp_path):
+    lm = models.load(fixture("llama_mha_untied_rope3"))
+    models.save_orbax(lm, str(tmp_path / "ckpt"))
+    back = models.load(str(tmp_path / "ckpt"))
+    assert_same_lm(lm, back)
+    assert back.config == lm.config  # the orbax format keeps the name too
+    assert back.generation_config == lm.generation_config
+
+
+def test_sharded_safetensors_equal_single_file(tmp_path):
+    from safetensors.numpy import load_file, save_file
+    src = fixture("qwen2_bias")
+    out = tmp_path / "sharded"
+    shutil.copytree(src, out)
+    tensors = load_file(str(out / "model.safetensors"))
+    os.remove(out / "model.safetensors")
+    names = sorted(tensors)
+    shards = {"model-00001-of-00002.safetensors": names[::2],
+              "model-00002-of-00002.safetensors": names[1::2]}
+    for file, keys in shards.items():
+        save_file({k: tensors[k] for k in keys}, str(out / file))
+    weight_map = {k: f for f, keys in shards.items() for k in keys}
+    (out / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    assert_same_lm(models.load(src), models.load(str(out)))
+    os.remove(out / "model-00002-of-00002.safetensors")
+    with pytest.raises(FileNotFoundError, match="model-00002-of-00002.safetensors"):
+        models.load(str(out))
+
+
+# ---- bad input: one clear sentence each -----------------------------------------------------------
+def test_missing_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a preset"):
+        models.load(str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        models.load(str(tmp_path))
+    path = copy_fixture("llama_gqa_tied", tmp_path)
+    os.remove(os.path.join(path, "tokenizer.json"))
+    with pytest.raises(FileNotFoundError, match="tokenizer.json or tokenizer.model"):
+        models.load(path)
+    shutil.copy(os.path.join(fixture("llama_gqa_tied"), "tokenizer.json"), path)
+    os.remove(os.path.join(path, "model.safetensors"))
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        models.load(path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        models.load(str(tmp_path / "missing.gguf"))
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope scaling type 'yarn'"),
+    ({"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}},
+     "rope scaling type 'linear'"),
+    ({"hidden_act": "gelu"}, "hidden_act 'gelu'"),
+    ({"attention_bias": True}, "attention_bias"),
+    ({"model_type": "mistral"}, "model_type 'mistral' is an unknown family"),
+    ({"num_hidden_layers": "two"}, "num_hidden_layers"),
+])
+def test_unsupported_config_fields(tmp_path, changes, message):
+    path = copy_fixture("llama_gqa_tied", tmp_path, **changes)
+    with pytest.raises(ValueError, match=message):
+        models.load(path)
+
+
+def test_tokenizer_larger_than_embedding(tmp_path):
+    path = copy_fixture("llama_gqa_tied", tmp_path, vocab_size=256)
+    with pytest.raises(ValueError, match="tokenizer has 300 tokens but the embedding has only 256"):
+        models.load(path)
+
+
+def test_tensor_shape_mismatch(tmp_path):
+    path = copy_fixture("llama_gqa_tied", tmp_path, intermediate_size=96)
+    with pytest.raises(ValueError, match=r"model.layers.0.mlp.\w+_proj.weight' has shape \(\d+, \d+\), "
+                                         r"expected \(\d+, \d+\)"):
+        models.load(path)
+
+
+def test_bad_names_and_offline_hub():
+    with pytest.raises(ValueError, match="Preset 'gemma-2b' has no embedded weights"):
+        models.load("gemma-2b")
+    with pytest.raises(ValueError, match="dtype 'int8' is not supported"):
+        models.load("smollm2-135m-instruct", dtype="int8")
+    os.environ["HF_HUB_OFFLINE"] = "1"  # conftest sets it too; never touch the network in tests
+    with pytest.raises(ValueError, match="Could not download 'no-such-org/no-such-model'"):
+        models.load("no-such-org/no-such-model")
+    lm = models.load(fixture("llama_gqa_tied"))
+    with pytest.raises(ValueError, match=r"int32 \[batch, time\]"):
+        lm.logits(np.zeros((3,), np.int32))
