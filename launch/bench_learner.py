@@ -89,37 +89,39 @@ def torch_step(mc, params, batch, a):
     return step
 
 
+def matmul_flops():  # measured right before the timed steps, under the same machine load
+    import jax, jax.numpy as jnp  # noqa: E401
+    mm, x = jax.jit(lambda m: m @ m), jnp.ones((4096, 4096), jnp.float32)
+    mm(x).block_until_ready()
+    t = time.perf_counter()
+    [mm(x).block_until_ready() for _ in range(3)]
+    return 3 * 2 * 4096 ** 3 / (time.perf_counter() - t)
+
+
 def child(side, name, a):
     from exit_jax.models.config import preset
     mc = preset(name)
     step = (jax_step if side == "jax" else torch_step)(
         mc, load_params(name), make_batch(mc.vocab_size, a.prompts * a.samples, a.length), a)
-    times, losses = [], []
+    times, losses, peak = [], [], matmul_flops() if side == "jax" else 0.0
     for _ in range(a.steps):
         t = time.perf_counter()
         losses.append(step()[1])
         times.append(time.perf_counter() - t)
     print("RESULT " + json.dumps(dict(seconds=min(times), loss=losses[0], n=mc.num_params(),
-                                      compile_s=a.compile_s, threads=getattr(a, "threads", 0),
+                                      compile_s=a.compile_s, peak=peak, threads=getattr(a, "threads", 0),
                                       rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)))
 
 
 def main():
     ap = argparse.ArgumentParser()
-    for k, v in dict(prompts=8, samples=8, length=128, micro=16, steps=0).items():
+    for k, v in dict(prompts=8, samples=8, length=128, micro=8, steps=0).items():
         ap.add_argument(f"--{k}", type=int, default=v)  # steps 0: 5 timed steps on tiny, else 1
     ap.add_argument("--models", default="tiny,smollm2-135m-instruct")
     ap.add_argument("--child", nargs=2, metavar=("SIDE", "MODEL"))
     a = ap.parse_args()
     if a.child:
         return child(*a.child, a)
-    import jax, jax.numpy as jnp  # noqa: E401
-    mm, x = jax.jit(lambda m: m @ m), jnp.ones((2048, 2048), jnp.float32)
-    mm(x).block_until_ready()
-    t = time.perf_counter()
-    [mm(x).block_until_ready() for _ in range(5)]
-    peak = 5 * 2 * 2048 ** 3 / (time.perf_counter() - t)
-    print(f"fp32 matmul peak {peak / 1e9:.1f} GFLOP/s on {os.cpu_count()} cores")
     for name in a.models.split(","):
         res, tokens = {}, a.prompts * a.samples * a.length
         for side in ("jax", "torch"):
@@ -130,8 +132,9 @@ def main():
             line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
             res[side] = json.loads(line[0][7:]) if line else sys.exit(f"{side} {name}:\n{out.stderr[-3000:]}")
         j, t = res["jax"], res["torch"]
+        frac = 8 * j["n"] * tokens / j["seconds"] / j["peak"]
         print(f"{name}: {tokens} tok/step, micro-batch {a.micro} | jax {tokens / j['seconds']:.0f} tok/s, "
-              f"{8 * j['n'] * tokens / j['seconds'] / peak:.0%} of peak, compile {j['compile_s']:.0f}s, "
+              f"{frac:.0%} of {j['peak'] / 1e9:.0f} GFLOP/s matmul peak, compile {j['compile_s']:.0f}s, "
               f"RSS {j['rss_gb']:.2f} GB | torch {tokens / t['seconds']:.0f} tok/s ({t['threads']} threads), "
               f"RSS {t['rss_gb']:.2f} GB | jax/torch {t['seconds'] / j['seconds']:.2f}x | first loss "
               f"jax {j['loss']:.6f} torch {t['loss']:.6f}")

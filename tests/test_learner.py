@@ -21,7 +21,7 @@ from exit_jax.models.config import preset
 from exit_jax.rl import grpo, learner
 from exit_jax.rl.learner import LearnerConfig
 
-MC = preset("tiny")
+MC = dataclasses.replace(preset("tiny"), num_layers=1, name="tiny-1-layer")  # halves compile time
 B, L = 8, 16
 logprobs_fn = jax.jit(learner.token_logprobs, static_argnames=("model_config", "with_entropy"))
 

@@ -45,7 +45,7 @@ def _csv(ids, p):
 
 def test_grades_normalises_and_medals(tmp_path):
     data, comps, ids, x, y = _competition(tmp_path)
-    t = mlebench.tasks([CID], data, comps)[0]
+    t = mlebench.tasks(data, [CID], comps)[0]
     assert t.metric == "roc_auc" and not t.lower_is_better and t.description.startswith("# Obfuscated")
     perfect = t.grade(_csv(ids, y.astype(float)))
     assert perfect.valid and perfect.score == 1.0 and perfect.normalized == 1.0 and perfect.medal == "gold"
@@ -69,7 +69,7 @@ def test_lower_is_better_comes_from_the_leaderboard(tmp_path):
 
 def test_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="mlebench prepare"):
-        mlebench.tasks([CID], str(tmp_path / "nowhere"))
+        mlebench.tasks(str(tmp_path / "nowhere"))
     data, comps, *_ = _competition(tmp_path)
     with pytest.raises(FileNotFoundError, match="mlebench prepare -c other"):
         mlebench.MLEBenchTask("other", data, comps)
@@ -80,6 +80,22 @@ def test_clear_errors(tmp_path):
     data3, comps3, *_ = _competition(tmp_path / "c", lfs=True)
     with pytest.raises(ValueError, match="git lfs pull"):
         mlebench.MLEBenchTask(CID, data3, comps3)
+    os.remove(os.path.join(comps3, CID, "leaderboard.csv"))
+    with pytest.raises(FileNotFoundError, match="leaderboard.csv"):
+        mlebench.MLEBenchTask(CID, data3, comps3)
+
+
+def test_known_competition_without_metadata_uses_paper_ranges(tmp_path):
+    """Only `mlebench prepare` output, no mle-bench checkout: metric from the built-in table, normalised
+    with the paper's Table 3 range, no medals."""
+    cid = "random-acts-of-pizza"
+    data, comps, ids, x, y = _competition(tmp_path, cid=cid)
+    (tmp_path / "competitions" / cid / "leaderboard.csv").unlink()
+    t = mlebench.tasks(data)[0]  # every prepared competition under data_dir
+    assert t.id == cid and t.metric == "roc_auc" and (t.worst, t.best) == (0.0, 1.0)
+    assert t.description.startswith("# Pizza")  # the public description.md
+    g = t.grade(_csv(ids, x))
+    assert g.valid and g.normalized == pytest.approx(g.score) and g.medal == ""
 
 
 @pytest.mark.skipif(not sandbox.bwrap_available(), reason="bwrap cannot create namespaces here")

@@ -34,6 +34,20 @@ def gguf_name(hf_name):
     return f"blk.{layer}.{GGUF_NAMES[rest]}"
 
 
+def rope_freqs(cfg):
+    """llama.cpp's rope_freqs.weight for HF llama3 rope scaling: per-frequency divisors."""
+    rp = cfg["rope_parameters"]
+    hd = cfg["hidden_size"] // cfg["num_attention_heads"]
+    inv = 1.0 / rp["rope_theta"] ** (np.arange(0, hd, 2) / hd)
+    wavelen = 2 * np.pi / inv
+    low, high = (rp["original_max_position_embeddings"] / rp[k] for k in ("low_freq_factor",
+                                                                          "high_freq_factor"))
+    smooth = (rp["original_max_position_embeddings"] / wavelen - rp["low_freq_factor"]) / (
+        rp["high_freq_factor"] - rp["low_freq_factor"])
+    return np.where(wavelen < high, 1.0, np.where(
+        wavelen > low, rp["factor"], 1 / ((1 - smooth) / rp["factor"] + smooth))).astype(np.float32)
+
+
 def write_gguf(fixture, path, qtype=gguf.GGMLQuantizationType.F32, odd_tensor=None, arch=None):
     src = os.path.join(PARITY, fixture)
     cfg = json.load(open(os.path.join(src, "config.json")))
@@ -50,6 +64,8 @@ def write_gguf(fixture, path, qtype=gguf.GGMLQuantizationType.F32, odd_tensor=No
     w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
     w.add_rope_freq_base(cfg.get("rope_theta") or cfg["rope_parameters"]["rope_theta"])
     w.add_tokenizer_model("gpt2")
+    if cfg["model_type"] == "qwen2":  # its tokenizer.json splits with Qwen2's regex first
+        w.add_tokenizer_pre("qwen2")
     vocab = sorted(tok["model"]["vocab"].items(), key=lambda kv: kv[1])
     added = {t["id"]: t["content"] for t in tok["added_tokens"]}
     tokens = [added.get(i, t) for t, i in vocab]
@@ -57,9 +73,15 @@ def write_gguf(fixture, path, qtype=gguf.GGMLQuantizationType.F32, odd_tensor=No
     w.add_token_types([3 if i in added else 1 for i in range(len(tokens))])
     w.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in tok["model"]["merges"]])
     w.add_eos_token_id(tokens.index(tok_cfg["eos_token"]))
+    if tok_cfg.get("bos_token"):
+        w.add_bos_token_id(tokens.index(tok_cfg["bos_token"]))
+        w.add_add_bos_token(cfg["model_type"] == "llama")
     w.add_pad_token_id(tokens.index(tok_cfg["pad_token"]))
     w.add_chat_template(open(os.path.join(src, "chat_template.jinja")).read())
     w.add_sampling_temp(0.7)
+    if (cfg.get("rope_parameters") or {}).get("rope_type") == "llama3":
+        w.add_rope_scaling_orig_ctx_len(cfg["rope_parameters"]["original_max_position_embeddings"])
+        w.add_tensor("rope_freqs.weight", rope_freqs(cfg))
     heads, kv_heads = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     for name, t in load_file(os.path.join(src, "model.safetensors")).items():
         if cfg["model_type"] == "llama" and "q_proj" in name:
@@ -81,6 +103,7 @@ def write_gguf(fixture, path, qtype=gguf.GGMLQuantizationType.F32, odd_tensor=No
 
 @pytest.mark.parametrize("fixture, qtype", [
     ("llama_gqa_tied", gguf.GGMLQuantizationType.F32),
+    ("llama_mha_untied_rope3", gguf.GGMLQuantizationType.F32),
     ("qwen2_bias", gguf.GGMLQuantizationType.F32),
     ("qwen2_bias", gguf.GGMLQuantizationType.BF16),
     ("llama_gqa_tied", gguf.GGMLQuantizationType.F16),
@@ -95,6 +118,7 @@ def test_gguf_loads_like_the_hf_directory(tmp_path, fixture, qtype):
     lm = models.load(write_gguf(fixture, tmp_path / "m.gguf", qtype))
     assert lm.config.family == ref.config.family and lm.config.tie_embeddings == ref.config.tie_embeddings
     assert (lm.config.num_kv_heads, lm.config.head_dim) == (ref.config.num_kv_heads, ref.config.head_dim)
+    assert lm.config.rope_scaling == ref.config.rope_scaling
     # Reference: the HF weights after the same quantization round trip (matrices only, as written).
     rounded = ((name, gguf.dequantize(gguf.quantize(t, qtype), qtype).reshape(t.shape)
                 if t.ndim == 2 else t) for name, t in load_file(os.path.join(src, "model.safetensors")).items())

@@ -146,12 +146,12 @@ def test_tensor_shape_mismatch(tmp_path):
         models.load(path)
 
 
-def test_bad_names_and_offline_hub():
+def test_bad_names_and_offline_hub(monkeypatch):
     with pytest.raises(ValueError, match="Preset 'gemma-2b' has no embedded weights"):
         models.load("gemma-2b")
     with pytest.raises(ValueError, match="dtype 'int8' is not supported"):
         models.load("smollm2-135m-instruct", dtype="int8")
-    os.environ["HF_HUB_OFFLINE"] = "1"  # conftest sets it too; never touch the network in tests
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # conftest sets it too; never touch the network
     with pytest.raises(ValueError, match="Could not download 'no-such-org/no-such-model'"):
         models.load("no-such-org/no-such-model")
     lm = models.load(fixture("llama_gqa_tied"))

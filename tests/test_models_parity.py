@@ -36,7 +36,7 @@ def test_tiny_configs_cover_the_family_switches():
     assert gemma.family == "gemma" and gemma.head_dim * gemma.num_heads != gemma.hidden_size
 
 
-@pytest.mark.parametrize("name", ["llama_gqa_tied", "llama_mha_untied_rope3"])
+@pytest.mark.parametrize("name", ["llama_gqa_tied", "llama_mha_untied_rope3", "qwen2_bias"])
 def test_tokenizer_matches_transformers(name):
     path = os.path.join(PARITY, name)
     tok = models.load(path).tokenizer

@@ -1,5 +1,6 @@
 """The sandbox's functional contract: files in and out, clean environment, fresh dirs, exit codes, the warm
 worker's speed and restart, and back-end selection. Attacks are in test_sandbox_security.py."""
+import concurrent.futures
 import logging
 import os
 import statistics
@@ -98,11 +99,23 @@ def test_pool_keys_workers_by_data_dir(data_dir, tmp_path):
     code = "import os\nprint(sorted(os.listdir(os.environ['PUBLIC_RESOURCE_PATH'])))\n"
     with sandbox.WarmPool(CFG, max_workers=1) as pool:
         assert pool.run_python(code, data_dir).stdout == "['train.csv']\n"
-        first_root = next(iter(pool._boxes.values()))._worker.root
+        first_root = next(iter(pool._boxes.values()))[0]._worker.root
         assert pool.run_python(code, str(other)).stdout == "['only_here.csv']\n"
         assert len(pool._boxes) == 1 and not os.path.exists(first_root)  # evicted worker cleaned up
-        last_root = next(iter(pool._boxes.values()))._worker.root
+        last_root = next(iter(pool._boxes.values()))[0]._worker.root
     assert not os.path.exists(last_root)
+
+
+@needs_bwrap
+def test_pool_runs_concurrently_with_several_workers_per_dir(data_dir):
+    with sandbox.WarmPool(CFG, workers_per_dir=2) as pool:
+        pool.run_python("pass", data_dir)  # start the first worker outside the timing
+        with concurrent.futures.ThreadPoolExecutor(2) as ex:
+            list(ex.map(lambda _: pool.run_python("pass", data_dir), range(2)))  # start the second
+            t = time.perf_counter()
+            runs = list(ex.map(lambda _: pool.run_python("import time\ntime.sleep(1.5)", data_dir), range(2)))
+            wall = time.perf_counter() - t
+    assert all(r.ok for r in runs) and wall < 2.8  # overlapping, not 2 x 1.5 s in turn
 
 
 def test_backend_selection_never_silently_unsafe(monkeypatch, caplog):

@@ -154,3 +154,18 @@ def test_missing_required_macro_is_named(tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert "macro" in out.stderr and "--gin." in out.stderr
+
+
+@pytest.mark.slow
+def test_tool_use_and_mle_domains_train(tmp_path):
+    tool = domains.tool_use(num_train=4, num_eval=2)
+    _run(tmp_path / "tool", tool, "exit", iterations=2)
+    records = read_metrics(str(tmp_path / "tool"))
+    assert len(records) == 2 and records[-1]["rollout/model_calls"] >= 8
+    mle = domains.mle(train_ids=["breast_cancer"], eval_ids=["wine"], time_limit_s=20.0)
+    _run(tmp_path / "mle", mle, "improve", iterations=3)  # no divergence: replays improve or debug
+    records = read_metrics(str(tmp_path / "mle"))
+    assert len(records) == 3
+    # A random model writes no runnable solution: every iterate fails, so replays become debug steps.
+    assert records[-1]["reward/mean"] == 0.0
+    assert max(r["curriculum/debug_fraction"] for r in records) > 0

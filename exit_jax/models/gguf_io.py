@@ -34,8 +34,8 @@ _GLOBAL_NAMES = {"token_embd.weight": "model.embed_tokens.weight",
                  "output_norm.weight": "model.norm.weight", "output.weight": "lm_head.weight"}
 
 # Llama 3.x checkpoints ship their rope scaling in GGUF only as a tensor of per-frequency divisors;
-# we recognise the published settings by recomputing that tensor.
-_LLAMA3_ROPE_CANDIDATES = tuple(RopeScaling(f, 1.0, 4.0, 8192) for f in (8.0, 16.0, 32.0))
+# we recognise the published settings (factor 8 for 3.1, 32 for 3.2; low/high 1/4) by recomputing it.
+_LLAMA3_FACTORS = (8.0, 16.0, 32.0)
 
 
 def _reader(path: str):
@@ -97,16 +97,19 @@ def config_from_metadata(meta: dict, path: str, tensor_shapes: dict) -> ModelCon
         name=str(meta.get("general.name", os.path.basename(path))))
 
 
-def _match_rope_freqs(config: ModelConfig, factors: np.ndarray, path: str) -> ModelConfig:
+def _match_rope_freqs(config: ModelConfig, factors: np.ndarray, original: int,
+                      path: str) -> ModelConfig:
     import dataclasses
     from exit_jax.models.transformer import rope_inv_freq
     plain = rope_inv_freq(config)
-    for cand in _LLAMA3_ROPE_CANDIDATES:
+    for factor in _LLAMA3_FACTORS:
+        cand = RopeScaling(factor, 1.0, 4.0, original)
         scaled = rope_inv_freq(dataclasses.replace(config, rope_scaling=cand))
-        if np.allclose(plain / scaled, factors, rtol=1e-3):
+        if factors.shape == plain.shape and np.allclose(plain / scaled, factors, rtol=1e-3):
             return dataclasses.replace(config, rope_scaling=cand)
     raise ValueError(f"GGUF {path!r}: its rope_freqs.weight matches no Llama 3 rope scaling we know "
-                     f"(tried factors {[c.factor for c in _LLAMA3_ROPE_CANDIDATES]}).")
+                     f"(tried factors {list(_LLAMA3_FACTORS)} with low/high 1/4 and original context "
+                     f"{original}).")
 
 
 def unpermute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
@@ -158,5 +161,7 @@ def load_gguf(path: str):
     config = config_from_metadata(meta, path, shapes)
     if "rope_freqs.weight" in shapes:
         t = next(t for t in reader.tensors if t.name == "rope_freqs.weight")
-        config = _match_rope_freqs(config, np.asarray(t.data, np.float32).reshape(-1), path)
+        original = int(meta.get(f"{meta['general.architecture']}.rope.scaling.original_context_length",
+                                8192))
+        config = _match_rope_freqs(config, np.asarray(t.data, np.float32).reshape(-1), original, path)
     return config, iter_hf_tensors(reader, config, path), meta

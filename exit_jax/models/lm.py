@@ -15,11 +15,10 @@ import importlib.util
 import json
 import os
 import re
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from exit_jax.models import gguf_io, hf, orbax_io
 from exit_jax.models.config import PRESETS, ModelConfig
@@ -142,8 +141,8 @@ def _download(repo_id: str) -> str:
         return snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "tokenizer.model",
                                                           "*.jinja"])
     except Exception as e:  # offline, unknown repo, gated repo: all one clear sentence
-        raise ValueError(f"Could not download {repo_id!r} from the Hugging Face hub (offline, unknown "
-                         f"or gated repository?): {type(e).__name__}.") from None
+        raise ValueError(f"Could not download {repo_id!r} from the Hugging Face hub (it is no local "
+                         f"path; offline, unknown or gated repository?): {type(e).__name__}.") from None
 
 
 def load(source: str, dtype="float32") -> LM:
@@ -204,11 +203,11 @@ def greedy_generate(lm: LM, prompt: Sequence[int], max_new_tokens: int = 32,
     positions = jnp.arange(len(prompt))[None]
     mask = (slots[None, None, :] <= positions[..., None])  # [1, P, S]
     next_tok, cache = _step(lm.params, tokens, positions, mask, cache, 0, lm.config, lm.dtype)
-    out = []
+    out, stop = [], set(lm.tokenizer.eos_ids) if stop_at_eos else set()
     for i in range(max_new_tokens):
         tok = int(next_tok[0])
         out.append(tok)
-        if (stop_at_eos and tok in lm.tokenizer.eos_ids) or i == max_new_tokens - 1:
+        if tok in stop or i == max_new_tokens - 1:
             break
         pos = len(prompt) + i
         mask = (slots <= pos)[None, None, :]  # [1, 1, S]

@@ -130,7 +130,8 @@ def token_logprobs(params, model_config: ModelConfig, tokens, input_mask, temper
     and with_entropy: the entropy [B, L] of the distribution each token was drawn from (no gradient).
     """
     logits = transformer.forward(params, model_config, tokens, input_mask, dtype=dtype, remat=remat)
-    logits = logits.astype(jnp.float32) / temperature  # [B, L, V]
+    if temperature != 1.0:  # a Python float: skipping the no-op saves one [B, L, V] buffer
+        logits = logits / temperature  # [B, L, V] float32
     lse = jax.nn.logsumexp(logits, axis=-1)  # [B, L]
     next_tokens = jnp.concatenate([tokens[:, 1:], jnp.zeros_like(tokens[:, :1])], axis=1)
     picked = jnp.take_along_axis(logits, next_tokens[..., None], axis=-1)[..., 0]  # [B, L]

@@ -67,13 +67,19 @@ def tool_use(protocol: str = "json_tag", train_user_turns: Optional[int] = 1,
 
 
 def mle(train_ids: Optional[Sequence[str]] = None, eval_ids: Optional[Sequence[str]] = None,
-        time_limit_s: float = 60.0, mlebench_dir: Optional[str] = None) -> Domain:
-    """MLE-lite tasks (offline default) or competitions prepared by openai/mle-bench (`mlebench_dir`)."""
+        time_limit_s: float = 60.0, mlebench_dir: Optional[str] = None,
+        competitions_dir: Optional[str] = None, sandboxes_per_task: int = 2) -> Domain:
+    """MLE-lite tasks (offline default) or competitions prepared by openai/mle-bench (`mlebench_dir`;
+    `competitions_dir` = mle-bench's mlebench/competitions for leaderboards and medals).
+
+    Solutions run in pre-warmed bwrap sandboxes (numpy/pandas/sklearn already imported), shared by
+    every rollout of the run.
+    """
     from exit_jax.envs.mle import env as mle_env
-    from exit_jax.envs.mle import lite
+    from exit_jax.envs.mle import lite, sandbox
     if mlebench_dir:
         from exit_jax.envs.mle import mlebench
-        tasks = {t.id: t for t in mlebench.tasks(mlebench_dir)}
+        tasks = {t.id: t for t in mlebench.tasks(mlebench_dir, competitions_dir=competitions_dir)}
     else:
         tasks = {t.id: t for t in lite.tasks()}
     train_ids = list(train_ids) if train_ids is not None else list(tasks)[: max(1, len(tasks) // 2)]
@@ -81,7 +87,8 @@ def mle(train_ids: Optional[Sequence[str]] = None, eval_ids: Optional[Sequence[s
     unknown = [i for i in [*train_ids, *eval_ids] if i not in tasks]
     if unknown:
         raise ValueError(f"unknown MLE task ids {unknown}; known: {sorted(tasks)}.")
-    make_env = functools.partial(mle_env.MLEEnv, time_limit_s=time_limit_s)
+    pool = sandbox.WarmPool(max_workers=sandboxes_per_task * len(tasks), workers_per_dir=sandboxes_per_task)
+    make_env = functools.partial(mle_env.MLEEnv, pool=pool, time_limit_s=time_limit_s)
     to_task = lambda i: mle_env.as_task(tasks[i])  # noqa: E731
     return Domain("mle", tuple(map(to_task, train_ids)), tuple(map(to_task, eval_ids)), make_env,
                   eval_steps=16)

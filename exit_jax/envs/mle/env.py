@@ -28,6 +28,11 @@ def extract_code(reply: str) -> str | None:
     return max(blocks, key=len) if blocks else None
 
 
+def as_task(mle_task) -> Task:
+    """The env-protocol record of a LiteTask or MLEBenchTask (its data carries the prompt fields)."""
+    return mle_task.as_task()
+
+
 def _mle_task(task: Task):
     found = (task.data or {}).get("mle_task")
     if found is not None:
@@ -40,13 +45,17 @@ class MLEEnv(Env):
 
     def __init__(self, task: Task, pool: sandbox.WarmPool | None = None,
                  config: sandbox.SandboxConfig = sandbox.SandboxConfig(), goal: str = "improve",
-                 previous_solution: str | None = None, error_trace: str = ""):
+                 previous_solution: str | None = None, error_trace: str = "",
+                 time_limit_s: float | None = None):
+        """pool: a shared WarmPool (the fast path; None runs each solution in a fresh sandbox).
+        time_limit_s: overrides the task's run limit (paper App. A: 5 minutes for MLE-bench)."""
         super().__init__(task)
         if goal not in prompts.MLE_GOALS:
             raise ValueError(f"MLEEnv goal must be one of {sorted(prompts.MLE_GOALS)}, got {goal!r}.")
         self.mle = _mle_task(task)
         self.pool, self.config, self.goal = pool, config, goal
         self.previous_solution, self.error_trace = previous_solution, error_trace
+        self.time_limit_s = time_limit_s
         self._done = False
 
     def task_description(self) -> str:
@@ -60,7 +69,7 @@ class MLEEnv(Env):
         return self.previous_solution if self.previous_solution is not None else prompts.MLE_STARTER_SOLUTION
 
     def evaluate(self, code: str) -> GradeResult:
-        return self.mle.evaluate(code, config=self.config, pool=self.pool)
+        return self.mle.evaluate(code, config=self.config, pool=self.pool, time_limit_s=self.time_limit_s)
 
     def reset(self) -> list:
         self._done = False
@@ -83,6 +92,7 @@ class MLEEnv(Env):
                 "medal": result.medal, "runtime_s": result.runtime_s, "error": error_tail(result.error),
                 "validation_score": result.validation_score,
                 "validation_normalized": result.validation_normalized,
+                "lower_is_better": self.mle.lower_is_better, "code": code or "",
                 # what curriculum.episodes stores for a later debug step
                 "failed": not result.valid, "feedback": error_tail(result.error)}
         return StepResult(messages=[], reward=float(result.normalized), done=True, info=info)

@@ -369,10 +369,12 @@ class LiteTask:
                            validation_normalized=grading.normalize(v, a["val_baseline"], a["val_reference"], lb))
 
     def evaluate(self, code: str, *, config: sandbox.SandboxConfig = sandbox.SandboxConfig(),
-                 pool: sandbox.WarmPool | None = None) -> GradeResult:
-        """Runs `code` as solution.py in the sandbox and grades its submission.csv."""
-        run = sandbox.run_python(code, data_dir=self.public_dir, time_limit_s=self.time_limit_s,
-                                 memory_mb=self.memory_mb, config=config, pool=pool)
+                 pool: sandbox.WarmPool | None = None, time_limit_s: float | None = None) -> GradeResult:
+        """Runs `code` as solution.py in the sandbox (time limit: the task's unless given) and grades its
+        submission.csv."""
+        limit = time_limit_s or self.time_limit_s
+        run = sandbox.run_python(code, data_dir=self.public_dir, time_limit_s=limit, memory_mb=self.memory_mb,
+                                 config=config, pool=pool)
         return grading.evaluate_run(run, self.grade)
 
     def preview_contents(self) -> str:

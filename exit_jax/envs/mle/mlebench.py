@@ -6,7 +6,10 @@ Expected layout (domains.md §3.1):
     <data_dir>/<id>/prepared/private/   the answers (never mounted in the sandbox)
     <competitions_dir>/<id>/            config.yaml, description(_obfuscated).md, leaderboard.csv
                                         (mle-bench's `mlebench/competitions/`; leaderboard.csv is a git-lfs
-                                        object: run `git lfs pull` or it is a pointer file)
+                                        object: run `git lfs pull` or it is a pointer file). Without
+                                        competitions_dir these files are looked for in <data_dir>/<id>/;
+                                        missing there, known competitions fall back on a built-in metric
+                                        table and the paper's Table 3 ranges (no medals then).
 
 Grading uses the competition's metric for the common metric types (`grading.METRICS`), with the submission
 format of sample_submission.csv (first column: the id; the others: the targets). The normalised score is
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+from typing import Sequence
 
 import pandas as pd
 import yaml
@@ -41,10 +45,34 @@ GRADER_METRICS = {
 }
 
 
-def _metric_from_config(config: dict, path: str) -> str:
+# Metrics of known competitions (domains.md §3.1), used when no config.yaml is at hand.
+KNOWN_METRICS = {
+    "random-acts-of-pizza": "roc_auc", "spooky-author-identification": "log_loss",
+    "detecting-insults-in-social-commentary": "roc_auc", "nomad2018-predict-transparent-conductors": "rmsle",
+    "jigsaw-toxic-comment-classification-challenge": "columnwise_roc_auc",
+    "aerial-cactus-identification": "roc_auc", "aptos2019-blindness-detection": "qwk",
+    "denoising-dirty-documents": "rmse", "dog-breed-identification": "log_loss",
+    "dogs-vs-cats-redux-kernels-edition": "log_loss", "histopathologic-cancer-detection": "roc_auc",
+    "leaf-classification": "log_loss", "new-york-city-taxi-fare-prediction": "rmse",
+    "plant-pathology-2020-fgvc7": "columnwise_roc_auc", "siim-isic-melanoma-classification": "roc_auc",
+    "tabular-playground-series-dec-2021": "accuracy", "tabular-playground-series-may-2022": "roc_auc",
+}
+
+# Paper Table 3 (worst, best) score ranges, the fallback when no leaderboard.csv is available (then no
+# medals). Spooky's printed best of 1.0 is taken as the evident typo for 0.0 (paper_notes §9).
+PAPER_RANGES = {
+    "random-acts-of-pizza": (0.0, 1.0), "spooky-author-identification": (1.5, 0.0),
+    "detecting-insults-in-social-commentary": (0.0, 1.0), "nomad2018-predict-transparent-conductors": (1.0, 0.0),
+    "jigsaw-toxic-comment-classification-challenge": (0.0, 1.0), "aerial-cactus-identification": (0.0, 1.0),
+}
+
+
+def _metric_for(competition_id: str, config: dict, path: str) -> str:
     name = str((config.get("grader") or {}).get("name", "")).lower().replace("_", "-")
     if name in GRADER_METRICS:
         return GRADER_METRICS[name]
+    if not name and competition_id in KNOWN_METRICS:
+        return KNOWN_METRICS[competition_id]
     raise ValueError(f"{path}: grader name {name!r} has no built-in metric; pass metric= one of "
                      f"{sorted(grading.METRICS)}.")
 
@@ -84,27 +112,35 @@ class MLEBenchTask:
                 f"MLE-bench competition {competition_id!r} is not prepared under {data_dir!r} (expected "
                 f"{prepared}/public and /private); run `mlebench prepare -c {competition_id}` and point the "
                 "mlebench data_dir at that directory.")
-        meta = os.path.join(competitions_dir, competition_id) if competitions_dir else None
-        if meta is not None and not os.path.isdir(meta):
+        # Metadata: mle-bench's mlebench/competitions/<id>/, else files placed beside `prepared/`.
+        meta = os.path.join(competitions_dir, competition_id) if competitions_dir else os.path.dirname(prepared)
+        if not os.path.isdir(meta):
             raise FileNotFoundError(f"competition metadata dir {meta!r} does not exist; expected mle-bench's "
                                     "mlebench/competitions/<id>/ with leaderboard.csv and config.yaml.")
         config = {}
-        config_path = os.path.join(meta, "config.yaml") if meta else ""
-        if meta and os.path.isfile(config_path):
+        config_path = os.path.join(meta, "config.yaml")
+        if os.path.isfile(config_path):
             with open(config_path) as f:
                 config = yaml.safe_load(f) or {}
-        self.metric = metric or _metric_from_config(config, config_path or "(no config.yaml)")
+        self.metric = metric or _metric_for(competition_id, config, config_path)
         if self.metric not in grading.METRICS:
             raise ValueError(f"metric {self.metric!r} is not one of {sorted(grading.METRICS)}.")
         self.kind = grading.METRICS[self.metric][1]
         self.description = self._description(meta)
-        lb_path = os.path.join(meta or prepared, "leaderboard.csv")
-        if not os.path.isfile(lb_path):
+        lb_path = os.path.join(meta, "leaderboard.csv")
+        if os.path.isfile(lb_path):
+            self.leaderboard = _read_leaderboard(lb_path)
+            # MLE-bench: lower is better when the top of the leaderboard scores below its bottom.
+            self.lower_is_better = bool(self.leaderboard[0] < self.leaderboard[-1])
+            pick = (max, min) if self.lower_is_better else (min, max)
+            self.worst, self.best = pick[0](self.leaderboard), pick[1](self.leaderboard)
+        elif competition_id in PAPER_RANGES:
+            self.leaderboard = []  # no medals without a leaderboard
+            self.worst, self.best = PAPER_RANGES[competition_id]
+            self.lower_is_better = self.best < self.worst
+        else:
             raise FileNotFoundError(f"{lb_path} is missing; the normalised score and medals need the "
-                                    "competition's leaderboard.csv.")
-        self.leaderboard = _read_leaderboard(lb_path)
-        # MLE-bench: lower is better when the top of the leaderboard scores below its bottom.
-        self.lower_is_better = bool(self.leaderboard[0] < self.leaderboard[-1])
+                                    "competition's leaderboard.csv (mle-bench, after `git lfs pull`).")
         sample_path = os.path.join(self.public_dir, "sample_submission.csv")
         answers_path = self._answers_path(config, data_dir, private)
         if not os.path.isfile(sample_path):
@@ -154,15 +190,16 @@ class MLEBenchTask:
         except Exception as e:  # noqa: BLE001  untrusted content must never crash the grader
             return GradeResult.invalid(f"invalid submission: {type(e).__name__}: {e}"[:500])
         lb = self.lower_is_better
-        best, worst = (min, max) if lb else (max, min)
-        norm = grading.normalize(s, worst(self.leaderboard), best(self.leaderboard), lb)
-        return GradeResult(valid=True, score=s, normalized=norm if math.isfinite(s) else 0.0,
-                           medal=grading.medal(s, self.leaderboard, lb), validation_score=float("nan"))
+        norm = grading.normalize(s, self.worst, self.best, lb)  # (s − worst)/(best − worst), clipped
+        medal = grading.medal(s, self.leaderboard, lb) if self.leaderboard else ""
+        return GradeResult(valid=True, score=s, normalized=norm if math.isfinite(s) else 0.0, medal=medal,
+                           validation_score=float("nan"))
 
     def evaluate(self, code: str, *, config: sandbox.SandboxConfig = sandbox.SandboxConfig(),
-                 pool: sandbox.WarmPool | None = None) -> GradeResult:
-        run = sandbox.run_python(code, data_dir=self.public_dir, time_limit_s=self.time_limit_s,
-                                 memory_mb=self.memory_mb, config=config, pool=pool)
+                 pool: sandbox.WarmPool | None = None, time_limit_s: float | None = None) -> GradeResult:
+        limit = time_limit_s or self.time_limit_s
+        run = sandbox.run_python(code, data_dir=self.public_dir, time_limit_s=limit, memory_mb=self.memory_mb,
+                                 config=config, pool=pool)
         return grading.evaluate_run(run, self.grade)
 
     def preview_contents(self) -> str:
@@ -174,12 +211,19 @@ class MLEBenchTask:
                                                     "mle_task": self})
 
 
-def tasks(ids: list, data_dir: str = DEFAULT_DATA_DIR, competitions_dir: str | None = None, **kwargs) -> list:
-    """MLEBenchTask for each id, e.g. the paper's train split: detecting-insults-in-social-commentary,
-    spooky-author-identification, random-acts-of-pizza (paper App. A)."""
+def tasks(data_dir: str = DEFAULT_DATA_DIR, ids: Sequence[str] | None = None,
+          competitions_dir: str | None = None, **kwargs) -> list:
+    """MLEBenchTask for each id (default: every competition prepared under `data_dir`), e.g. the paper's
+    train split detecting-insults-in-social-commentary, spooky-author-identification, random-acts-of-pizza
+    (paper App. A). kwargs: metric, time_limit_s, memory_mb."""
     if not os.path.isdir(data_dir):
         raise FileNotFoundError(f"MLE-bench data dir {data_dir!r} does not exist; prepare competitions with "
                                 "`mlebench prepare -c <id>` (Kaggle credentials needed) and pass its path.")
+    if ids is None:
+        ids = sorted(d for d in os.listdir(data_dir) if os.path.isdir(os.path.join(data_dir, d, "prepared")))
+        if not ids:
+            raise FileNotFoundError(f"no prepared competition (<id>/prepared/) under {data_dir!r}; run "
+                                    "`mlebench prepare -c <id>` first.")
     return [MLEBenchTask(i, data_dir, competitions_dir, **kwargs) for i in ids]
 
 

@@ -383,25 +383,34 @@ def run_python(code: str, data_dir: str | None = None, time_limit_s: float | Non
 
 
 class WarmSandbox:
-    """A sandboxed worker with the `preload` modules imported, bound to one data dir; forks per run."""
+    """A sandboxed worker with the `preload` modules imported, bound to one data dir; forks per run.
+    Thread-safe: concurrent runs on one WarmSandbox take turns."""
 
     def __init__(self, data_dir: str | None = None, config: SandboxConfig = SandboxConfig()):
         self.data_dir, self.config = data_dir, config
         self._worker: _Worker | None = None
+        self._busy = threading.Lock()
 
-    def run_python(self, code: str, time_limit_s: float | None = None, memory_mb: int | None = None
-                   ) -> RunResult:
-        if self._worker is None or not self._worker.alive():
-            if self._worker is not None:
-                self._worker.close()
-            self._worker = _Worker(self.config, self.data_dir, warm=True)
-        return self._worker.run(code, float(time_limit_s or self.config.time_limit_s),
-                                int(memory_mb or self.config.memory_mb))
+    def run_python(self, code: str, time_limit_s: float | None = None, memory_mb: int | None = None,
+                   blocking: bool = True) -> RunResult | None:
+        """Runs `code`; with blocking=False returns None at once if another run is in flight."""
+        if not self._busy.acquire(blocking):
+            return None
+        try:
+            if self._worker is None or not self._worker.alive():
+                if self._worker is not None:
+                    self._worker.close()
+                self._worker = _Worker(self.config, self.data_dir, warm=True)
+            return self._worker.run(code, float(time_limit_s or self.config.time_limit_s),
+                                    int(memory_mb or self.config.memory_mb))
+        finally:
+            self._busy.release()
 
     def close(self) -> None:
-        if self._worker is not None:
-            self._worker.close()
-            self._worker = None
+        with self._busy:
+            if self._worker is not None:
+                self._worker.close()
+                self._worker = None
 
     def __enter__(self) -> "WarmSandbox":
         return self
@@ -411,31 +420,46 @@ class WarmSandbox:
 
 
 class WarmPool:
-    """Warm sandboxes keyed by data dir, least recently used closed beyond `max_workers`.
+    """Warm sandboxes keyed by data dir: `workers_per_dir` of them each (runs beyond that wait for a free
+    one), and at most `max_workers` in all (the least recently used data dirs are closed).
 
-    Runs on one data dir are serialised (one worker each). bwrap's --die-with-parent ties a worker to the
-    thread that started it: use a pool from long-lived threads (a dead worker is restarted on the next run).
+    bwrap's --die-with-parent ties a worker to the thread that started it: use a pool from long-lived
+    threads (a worker found dead is restarted on the next run).
     """
 
-    def __init__(self, config: SandboxConfig = SandboxConfig(), max_workers: int = 4):
-        self.config, self.max_workers = config, max_workers
-        self._boxes: collections.OrderedDict = collections.OrderedDict()
+    def __init__(self, config: SandboxConfig = SandboxConfig(), max_workers: int = 4, workers_per_dir: int = 1):
+        if max_workers < 1 or workers_per_dir < 1:
+            raise ValueError(f"WarmPool needs max_workers >= 1 and workers_per_dir >= 1, got {max_workers}, "
+                             f"{workers_per_dir}.")
+        self.config, self.workers_per_dir = config, workers_per_dir
+        self.max_dirs = max(1, max_workers // workers_per_dir)
+        self._boxes: collections.OrderedDict = collections.OrderedDict()  # data dir -> [WarmSandbox]
         self._lock = threading.Lock()
+        self._turn = 0
 
     def run_python(self, code: str, data_dir: str | None = None, time_limit_s: float | None = None,
                    memory_mb: int | None = None) -> RunResult:
         key = os.path.abspath(data_dir) if data_dir else None
         with self._lock:
-            box = self._boxes.pop(key, None) or WarmSandbox(key, self.config)
-            self._boxes[key] = box
-            while len(self._boxes) > self.max_workers:
-                self._boxes.popitem(last=False)[1].close()
-        return box.run_python(code, time_limit_s, memory_mb)
+            boxes = self._boxes.pop(key, None) or [WarmSandbox(key, self.config)
+                                                   for _ in range(self.workers_per_dir)]
+            self._boxes[key] = boxes
+            while len(self._boxes) > self.max_dirs:
+                for box in self._boxes.popitem(last=False)[1]:
+                    box.close()
+            self._turn += 1
+            turn = self._turn
+        for box in boxes:  # a free worker if there is one, else wait for one in turn
+            result = box.run_python(code, time_limit_s, memory_mb, blocking=False)
+            if result is not None:
+                return result
+        return boxes[turn % len(boxes)].run_python(code, time_limit_s, memory_mb)
 
     def close(self) -> None:
         with self._lock:
-            for box in self._boxes.values():
-                box.close()
+            for boxes in self._boxes.values():
+                for box in boxes:
+                    box.close()
             self._boxes.clear()
 
     def __enter__(self) -> "WarmPool":

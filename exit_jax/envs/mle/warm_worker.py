@@ -186,14 +186,14 @@ def _child(job: dict, out_w: int, err_w: int) -> None:
             # On top of what the supervisor (and, warm, its preloaded libraries) already holds at the fork.
             resource.RLIMIT_DATA: (job["base_data_kb"] * 1024 + job["memory_mb"] * mb,) * 2,
             # Address space: generous on top of DATA, to stop shared anonymous maps that DATA misses.
-            resource.RLIMIT_AS: (job["base_vm_kb"] * 1024 + (job["memory_mb"] + job["as_headroom_mb"]) * mb,) * 2,
+            resource.RLIMIT_AS: ((job["base_vm_kb"] >> 10) + job["memory_mb"] + job["as_headroom_mb"]) * mb,
             resource.RLIMIT_FSIZE: (job["fsize_mb"] * mb,) * 2,
             resource.RLIMIT_NPROC: (job["nproc"],) * 2,  # enforced because the child is not root
             resource.RLIMIT_CORE: (0, 0),
             resource.RLIMIT_NOFILE: (256, 256),
         }
         for what, value in limits.items():
-            resource.setrlimit(what, value)
+            resource.setrlimit(what, value if isinstance(value, tuple) else (value, value))
         uid = job.get("uid")
         if uid is not None:
             os.setgroups([])
@@ -205,6 +205,7 @@ def _child(job: dict, out_w: int, err_w: int) -> None:
         os.environ.update(job["env"])
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGALRM):
             signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # as in any Python process: BrokenPipeError instead
         sys.argv = [job["script"]]
         sys.path[0] = job["dir"]
         try:

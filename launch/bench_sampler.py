@@ -1,0 +1,90 @@
+"""Sampler throughput vs Hugging Face transformers `generate` (torch CPU), same weights and prompts.
+
+    python launch/bench_sampler.py [--new_tokens 64] [--batches 1,16,64]
+
+Batch 1 is one prompt with one sample; larger batches are batch/8 prompts x G=8 samples. Rows never
+stop early (no eos), so both sides produce exactly batch * new_tokens tokens. Prints tok/s of both,
+their ratio, and our achieved FLOP/s as a fraction of this machine's fp32 matmul peak, measured in
+the same run. Needs the `parity` extra (torch, transformers).
+"""
+import argparse
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from exit_jax import models, sampling
+
+QUESTIONS = ["What is 12 times 7?", "Name three primary colors.", "Write a haiku about the sea.",
+             "Explain what a prime number is.", "What is the capital of France?",
+             "Give me a synonym for happy.", "How many legs does a spider have?",
+             "Summarize Romeo and Juliet in one sentence."]
+
+
+def matmul_peak(n=2048, reps=5) -> float:
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    best = min(_timed(lambda: f(a).block_until_ready()) for _ in range(reps))
+    return 2 * n ** 3 / best
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--new_tokens", type=int, default=64)
+    ap.add_argument("--batches", default="1,16,64")
+    args = ap.parse_args()
+    import torch
+    import transformers
+
+    lm = models.load("smollm2-135m-instruct")
+    tok, n = lm.tokenizer, args.new_tokens
+    prompts = [tok.encode(tok.apply_chat_template([{"role": "user", "content": q}]))
+               for q in QUESTIONS]
+    with tempfile.TemporaryDirectory() as d:  # the very same (dequantized) weights for torch
+        models.save_hf(lm, d)
+        hf = transformers.AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+    with torch.inference_mode():  # warm-up outside the timings, as our compile is
+        hf.generate(input_ids=torch.tensor([prompts[0]]), max_new_tokens=2, do_sample=False)
+    peak = matmul_peak()
+    print(f"devices={jax.devices()[0].platform} torch_threads={torch.get_num_threads()} "
+          f"fp32 matmul peak={peak / 1e9:.1f} GFLOP/s")
+    flops_per_token = 2 * lm.config.num_params()  # matmul FLOPs per processed token (head included)
+    for batch in [int(b) for b in args.batches.split(",")]:
+        g = 1 if batch == 1 else 8
+        group = prompts[:batch // g]
+        sampler = sampling.Sampler(lm.config, num_samples=g, max_new_tokens=n, eos_ids=(),
+                                   pad_id=tok.pad_id)
+        sampler(lm.params, group, temperature=1.0)  # compile (greedy and sampling share it)
+        rows = [p for p in group for _ in range(g)]  # torch gets each prompt G times, left-padded
+        width = max(map(len, rows))
+        ids = torch.tensor([[tok.pad_id] * (width - len(r)) + r for r in rows])
+        attn = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        for mode, temp in (("greedy", 0.0), ("sample", 1.0)):
+            ours = _timed(lambda: sampler(lm.params, group, temperature=temp, seed=1))
+            out = sampler(lm.params, group, temperature=temp, seed=2)
+            assert int(out.lengths.sum()) == batch * n
+            knobs = (dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0) if temp
+                     else dict(do_sample=False))
+            gen = lambda: hf.generate(input_ids=ids, attention_mask=attn, max_new_tokens=n,  # noqa
+                                      min_new_tokens=n, pad_token_id=tok.pad_id, **knobs)
+            with torch.inference_mode():
+                theirs = _timed(gen)
+            ours_tps, theirs_tps = batch * n / ours, batch * n / theirs
+            processed = batch * n + sum(map(len, group))  # prompts are prefilled once per group
+            frac = processed * flops_per_token / ours / peak
+            print(f"batch={batch:3d} ({len(group)}x{g}) {mode:6s} ours={ours_tps:8.1f} tok/s  "
+                  f"transformers={theirs_tps:8.1f} tok/s  ratio={ours_tps / theirs_tps:5.2f}x  "
+                  f"ours={frac * 100:5.1f}% of matmul peak")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""Rollout groups on real environments (multi-turn BFCL, math) and batch packing for the learner."""
+import concurrent.futures
+
+import numpy as np
+import pytest
+
+from exit_jax.curriculum import episodes
+from exit_jax.envs import math as math_env
+from exit_jax.envs.tool_use import bfcl
+from exit_jax.training import batch as batch_lib
+from exit_jax.training.policy import Completion
+from exit_jax.training.rollout import run_groups
+
+
+class ScriptedPolicy:
+    """Answers by a rule of (conversation, sample index): a stand-in for the sampler in loop tests."""
+
+    def __init__(self, rule):
+        self.rule, self.calls = rule, []
+
+    def sample(self, conversations, num_samples, seed):
+        self.calls.append((len(conversations), num_samples))
+        return [[Completion(text=self.rule(conv, g), prompt_ids=(1,) * (3 + len(conv)),
+                            token_ids=(5, 6, 7), logprobs=np.full(3, -0.5, np.float32), finished=True,
+                            truncated_prompt=False) for g in range(num_samples)] for conv in conversations]
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with concurrent.futures.ThreadPoolExecutor(4) as p:
+        yield p
+
+
+def test_multi_turn_rollouts_continue_until_the_env_is_done(pool):
+    task = bfcl.load_entries("multi_turn_base")[0]
+    make_env = lambda t: bfcl.MultiTurnEnv(t, protocol="json_tag", max_user_turns=1)  # noqa: E731
+    oracle = bfcl.oracle_replies(task, protocol="json_tag", max_user_turns=1)
+    assert len(oracle) >= 2  # at least one call step, then the end of the request
+
+    def rule(conv, g):
+        done = sum(m["role"] == "assistant" for m in conv)
+        if g == 0:  # sample 0 follows the ground truth; sample 1 gives up at once
+            return oracle[done]
+        return "<TASK_FINISHED>"
+
+    policy = ScriptedPolicy(rule)
+    ep = episodes.base_episode(task, make_env)
+    groups, segments, stats = run_groups(policy, [ep], 2, make_env, seed=0, pool=pool)
+    assert [r.score for r in groups[0]] == [1.0, 0.0]
+    assert list(groups[0][0].responses) == oracle
+    assert len(groups[0][1].responses) == 1
+    # One G-sample call for the first replies, then one call per round for the rollouts still running.
+    assert policy.calls[0] == (1, 2) and all(c == (1, 1) for c in policy.calls[1:])
+    assert len(segments) == len(oracle) + 1 == stats["rollout/model_calls"]
+    assert stats["rollout/unfinished"] == 0
+
+
+def test_single_turn_group_scores_and_failing_env_is_contained(pool):
+    task = math_env.math_tasks("train", 1, families=("arith",), levels=(1,))[0]
+    answer = task.data["answer"]
+    replies = {0: f"\\boxed{{{answer}}}", 1: "no idea", 2: "\\boxed{"}
+    policy = ScriptedPolicy(lambda conv, g: replies[g])
+
+    class Exploding(math_env.MathEnv):
+        def step(self, reply):
+            if reply == "no idea":
+                raise RuntimeError("grader bug")
+            return super().step(reply)
+
+    ep = episodes.base_episode(task, math_env.MathEnv)
+    groups, segments, _ = run_groups(policy, [ep], 3, Exploding, seed=0, pool=pool)
+    assert [r.score for r in groups[0]] == [1.0, 0.0, 0.0]
+    assert len(segments) == 3
+
+
+def test_pack_aligns_prompt_completion_and_logprobs():
+    segs = [type("S", (), {"group": p, "sample": g, "completion": Completion(
+        text="", prompt_ids=tuple(range(1, 4 + p)), token_ids=(9,) * (2 + g),
+        logprobs=np.arange(2 + g, dtype=np.float32) - 3, finished=True, truncated_prompt=False)})()
+        for p in range(2) for g in range(2)]
+    adv = np.array([[1.0, -1.0], [0.5, -0.5]], np.float32)
+    mult = np.array([[2.0, 1.0], [1.0, 1.0]], np.float32)
+    b = batch_lib.pack(segs, adv, mult, max_new_tokens=4, pad_id=0, row_multiple=3, min_bucket=8)
+    assert b["tokens"].shape == (6, 12)  # 4 rows padded to a multiple of 3; prompt bucket 8 + 4
+    assert b["sample_mask"].tolist() == [True] * 4 + [False] * 2
+    row = 3  # group 1, sample 1: prompt of 4 tokens, 3 completion tokens
+    assert b["tokens"][row, 4:8].tolist() == [1, 2, 3, 4] and b["tokens"][row, 8:11].tolist() == [9, 9, 9]
+    assert b["input_mask"][row].tolist() == [False] * 4 + [True] * 7 + [False]
+    assert b["completion_mask"][row].tolist() == [False] * 8 + [True] * 3 + [False]
+    np.testing.assert_array_equal(b["old_logprobs"][row, 8:11], [-3, -2, -1])
+    assert b["advantages"].tolist()[:4] == [1.0, -1.0, 0.5, -0.5]
+    assert b["advantage_multiplier"].tolist()[:4] == [2.0, 1.0, 1.0, 1.0]
+    assert not b["completion_mask"][4:].any()
