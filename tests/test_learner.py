@@ -165,6 +165,7 @@ def test_reference_refresh_every_m_iterations_with_alpha(params):
     state, m3 = update(state, batch)
     assert int(m3["ref_updated"]) == 0 and max_diff(state.ref_params, ref2) == 0.0
     assert float(m3["kl"]) > 0.0
+    assert update._cache_size() == 1  # static shapes: later iterations reuse the first compilation
     assert learner.init_state(params, cfg_for(kl_beta=0.0)).ref_params is None
 
 
@@ -193,6 +194,9 @@ def test_bad_config_and_batch_raise_clear_errors(params):
         learner.place_batch(dict(batch, advantages=np.zeros((B, 2))), cfg)
     with pytest.raises(ValueError, match="micro_batch_size"):
         run(params, batch, dataclasses.replace(cfg, micro_batch_size=3))
+    with pytest.raises(ValueError, match="reference policy"):  # state built without a reference
+        learner.make_update(MC, cfg)(learner.init_state(params, dataclasses.replace(cfg, kl_beta=0.0)),
+                                     learner.place_batch(batch, cfg))
 
 
 # ------------------------------------------------------------------------------- multi-host

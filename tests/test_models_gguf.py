@@ -48,21 +48,8 @@ def rope_freqs(cfg):
         wavelen > low, rp["factor"], 1 / ((1 - smooth) / rp["factor"] + smooth))).astype(np.float32)
 
 
-def write_gguf(fixture, path, qtype=gguf.GGMLQuantizationType.F32, odd_tensor=None, arch=None):
-    src = os.path.join(PARITY, fixture)
-    cfg = json.load(open(os.path.join(src, "config.json")))
+def write_bpe_vocab(w, src, cfg, tok_cfg):
     tok = json.load(open(os.path.join(src, "tokenizer.json")))
-    tok_cfg = json.load(open(os.path.join(src, "tokenizer_config.json")))
-    arch_name = arch or cfg["model_type"]
-    w = gguf.GGUFWriter(str(path), arch_name)
-    w.add_block_count(cfg["num_hidden_layers"])
-    w.add_context_length(cfg["max_position_embeddings"])
-    w.add_embedding_length(cfg["hidden_size"])
-    w.add_feed_forward_length(cfg["intermediate_size"])
-    w.add_head_count(cfg["num_attention_heads"])
-    w.add_head_count_kv(cfg["num_key_value_heads"])
-    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
-    w.add_rope_freq_base(cfg.get("rope_theta") or cfg["rope_parameters"]["rope_theta"])
     w.add_tokenizer_model("gpt2")
     if cfg["model_type"] == "qwen2":  # its tokenizer.json splits with Qwen2's regex first
         w.add_tokenizer_pre("qwen2")
@@ -78,6 +65,47 @@ def write_gguf(fixture, path, qtype=gguf.GGMLQuantizationType.F32, odd_tensor=No
         w.add_add_bos_token(cfg["model_type"] == "llama")
     w.add_pad_token_id(tokens.index(tok_cfg["pad_token"]))
     w.add_chat_template(open(os.path.join(src, "chat_template.jinja")).read())
+
+
+def write_sentencepiece_vocab(w, src, tok_cfg):
+    # As llama.cpp's converter does for Gemma: pieces, scores and piece types from the proto.
+    from sentencepiece import sentencepiece_model_pb2 as pb
+    proto = pb.ModelProto()
+    proto.ParseFromString(open(os.path.join(src, "tokenizer.model"), "rb").read())
+    tokens = [p.piece for p in proto.pieces]
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores([p.score for p in proto.pieces])
+    w.add_token_types([p.type for p in proto.pieces])
+    w.add_add_space_prefix(proto.normalizer_spec.add_dummy_prefix)
+    w.add_bos_token_id(tokens.index(tok_cfg["bos_token"]))
+    w.add_eos_token_id(tokens.index(tok_cfg["eos_token"]))
+    w.add_pad_token_id(tokens.index(tok_cfg["pad_token"]))
+    w.add_unk_token_id(tokens.index("<unk>"))
+    w.add_add_bos_token(True)
+    w.add_chat_template(tok_cfg["chat_template"])
+
+
+def write_gguf(fixture, path, qtype=gguf.GGMLQuantizationType.F32, odd_tensor=None, arch=None):
+    src = os.path.join(PARITY, fixture)
+    cfg = json.load(open(os.path.join(src, "config.json")))
+    tok_cfg = json.load(open(os.path.join(src, "tokenizer_config.json")))
+    arch_name = arch or cfg["model_type"]
+    w = gguf.GGUFWriter(str(path), arch_name)
+    w.add_block_count(cfg["num_hidden_layers"])
+    w.add_context_length(cfg["max_position_embeddings"])
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_head_count(cfg["num_attention_heads"])
+    w.add_head_count_kv(cfg["num_key_value_heads"])
+    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    w.add_rope_freq_base(cfg.get("rope_theta") or cfg["rope_parameters"]["rope_theta"])
+    if cfg["model_type"] == "gemma":
+        write_sentencepiece_vocab(w, src, tok_cfg)
+        w.add_key_length(cfg["head_dim"])
+        w.add_value_length(cfg["head_dim"])
+    else:
+        write_bpe_vocab(w, src, cfg, tok_cfg)
     w.add_sampling_temp(0.7)
     if (cfg.get("rope_parameters") or {}).get("rope_type") == "llama3":
         w.add_rope_scaling_orig_ctx_len(cfg["rope_parameters"]["original_max_position_embeddings"])
@@ -88,6 +116,8 @@ def write_gguf(fixture, path, qtype=gguf.GGMLQuantizationType.F32, odd_tensor=No
             t = llama_cpp_permute(t, heads)
         elif cfg["model_type"] == "llama" and "k_proj" in name:
             t = llama_cpp_permute(t, kv_heads)
+        if cfg["model_type"] == "gemma" and name.endswith("norm.weight"):
+            t = t + 1.0  # llama.cpp folds Gemma's (1 + w) into the stored norm weights
         if name == odd_tensor:
             w.add_tensor(gguf_name(name), t.astype(np.float64))
         elif t.ndim == 2 and qtype != gguf.GGMLQuantizationType.F32:
@@ -105,6 +135,7 @@ def write_gguf(fixture, path, qtype=gguf.GGMLQuantizationType.F32, odd_tensor=No
     ("llama_gqa_tied", gguf.GGMLQuantizationType.F32),
     ("llama_mha_untied_rope3", gguf.GGMLQuantizationType.F32),
     ("qwen2_bias", gguf.GGMLQuantizationType.F32),
+    ("gemma_head_dim", gguf.GGMLQuantizationType.F32),
     ("qwen2_bias", gguf.GGMLQuantizationType.BF16),
     ("llama_gqa_tied", gguf.GGMLQuantizationType.F16),
     ("llama_gqa_tied", gguf.GGMLQuantizationType.Q8_0),
@@ -128,10 +159,13 @@ def test_gguf_loads_like_the_hf_directory(tmp_path, fixture, qtype):
     delta = float(np.abs(np.asarray(lm.logits(tokens)) - want).max())
     print(f"{fixture} {qtype.name}: max |dlogits| = {delta:.2e}")
     assert delta <= 1e-5, (qtype.name, delta)
-    # The embedded byte-level BPE tokenizer is the same tokenizer.
-    text = ref.tokenizer.apply_chat_template([{"role": "user", "content": "Hello, world! def add(a, b)"}])
-    assert lm.tokenizer.apply_chat_template([{"role": "user", "content": "Hello, world! def add(a, b)"}]) == text
+    # The embedded tokenizer (byte-level BPE, or sentencepiece for Gemma) is the same tokenizer.
+    messages = [{"role": "user", "content": "Hello, world!  def add(a, b)\n\tÜnïcödé ✓"}]
+    text = ref.tokenizer.apply_chat_template(messages)
+    assert lm.tokenizer.apply_chat_template(messages) == text
+    assert lm.tokenizer.is_sentencepiece == ref.tokenizer.is_sentencepiece
     assert lm.tokenizer.encode(text) == ref.tokenizer.encode(text)
+    assert lm.tokenizer.encode(" spaced  text") == ref.tokenizer.encode(" spaced  text")
     assert lm.tokenizer.decode(lm.tokenizer.encode(text)) == text
     assert lm.tokenizer.eos_ids == ref.tokenizer.eos_ids
     assert lm.generation_config["temperature"] == pytest.approx(0.7)

@@ -73,6 +73,7 @@ def smollm2():
     return models.load("smollm2-135m-instruct"), ref
 
 
+@pytest.mark.slow  # ~10-20 s: a 30-layer forward pass plus 32 decode steps of a 135M model
 def test_smollm2_logits_and_greedy_match_transformers(smollm2):
     lm, ref = smollm2
     want = np.load(os.path.join(PARITY, "smollm2", "logits.npy"))  # [P, V]

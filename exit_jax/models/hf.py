@@ -217,10 +217,10 @@ def iter_safetensors(path: str) -> Iterator[tuple]:
     """(name, numpy array) for every tensor of an HF dir, one shard open at a time."""
     from safetensors import safe_open
     for file in _shard_files(path):
-        # The flax framework reads bfloat16 too (numpy has no native bf16).
-        with safe_open(file, framework="flax") as f:
+        # numpy, not flax: the tensor stays on the host until it is cast (bf16 comes as ml_dtypes).
+        with safe_open(file, framework="numpy") as f:
             for name in f.keys():
-                yield name, np.asarray(f.get_tensor(name))
+                yield name, f.get_tensor(name)
 
 
 def read_config(path: str) -> dict:

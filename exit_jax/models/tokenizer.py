@@ -242,50 +242,25 @@ class Tokenizer:
 
     @classmethod
     def from_gguf_fields(cls, meta: dict, family: str) -> "Tokenizer":
-        """Build a byte-level BPE `tokenizers.Tokenizer` from GGUF `tokenizer.ggml.*` metadata."""
-        from tokenizers import Regex, decoders, models, pre_tokenizers
-        import tokenizers
-        kind = meta.get("tokenizer.ggml.model")
-        if kind != "gpt2":
-            raise ValueError(
-                f"GGUF tokenizer model {kind!r} is not supported (only byte-level BPE 'gpt2'); "
-                "load the Hugging Face directory of this model instead.")
-        tokens = list(meta["tokenizer.ggml.tokens"])
-        types = list(meta.get("tokenizer.ggml.token_type", [1] * len(tokens)))
-        merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
-        vocab = {t: i for i, t in enumerate(tokens)}
-        backend = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False,
-                                                  byte_fallback=False))
-        pre = meta.get("tokenizer.ggml.pre", "gpt2")
-        byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True,
-                                              use_regex=pre not in _SPLIT_REGEX)
-        if pre == "smollm":  # llama.cpp's "smollm" pre-tokenizer: single digits, then GPT-2 regex.
-            backend.pre_tokenizer = pre_tokenizers.Sequence(
-                [pre_tokenizers.Digits(individual_digits=True), byte_level])
-        elif pre in _SPLIT_REGEX:
-            backend.pre_tokenizer = pre_tokenizers.Sequence(
-                [pre_tokenizers.Split(Regex(_SPLIT_REGEX[pre]), behavior="isolated"), byte_level])
-        else:
-            backend.pre_tokenizer = byte_level
-        backend.decoder = decoders.ByteLevel()
-        # GGUF token types: 3 = control, 4 = user-defined; both must never be split by BPE.
-        special = [tokenizers.AddedToken(t, special=True, normalized=False)
-                   for t, ty in zip(tokens, types) if ty in (3, 4)]
-        backend.add_special_tokens(special)
+        """Rebuild the tokenizer stored in GGUF `tokenizer.ggml.*` metadata (see gguf_tokenizer.py)."""
+        from exit_jax.models.gguf_tokenizer import backend_from_gguf
+        backend, special = backend_from_gguf(meta)
+        tokens = meta["tokenizer.ggml.tokens"]
 
         def tok_at(key):
             i = meta.get(key)
             return None if i is None or int(i) >= len(tokens) else tokens[int(i)]
 
-        eos = tok_at("tokenizer.ggml.eos_token_id")
         extra = [int(meta["tokenizer.ggml.eot_token_id"])] if "tokenizer.ggml.eot_token_id" in meta else []
-        tok = cls(backend=backend, chat_template="", bos_token=tok_at("tokenizer.ggml.bos_token_id"),
-                  eos_token=eos, pad_token=tok_at("tokenizer.ggml.padding_token_id"),
-                  add_bos=bool(meta.get("tokenizer.ggml.add_bos_token", False)),
-                  extra_eos_ids=tuple(extra), special_tokens=tuple(t.content for t in special))
+        vocab = set(tokens)
         template = meta.get("tokenizer.chat_template") or default_chat_template(
             family, lambda t: t in vocab)
-        return dataclasses.replace(tok, chat_template=template)
+        return cls(backend=backend, chat_template=template,
+                   bos_token=tok_at("tokenizer.ggml.bos_token_id"),
+                   eos_token=tok_at("tokenizer.ggml.eos_token_id"),
+                   pad_token=tok_at("tokenizer.ggml.padding_token_id"),
+                   add_bos=bool(meta.get("tokenizer.ggml.add_bos_token", False)),
+                   extra_eos_ids=tuple(extra), special_tokens=tuple(special))
 
 
 def _token_str(t) -> Optional[str]:
@@ -294,11 +269,3 @@ def _token_str(t) -> Optional[str]:
         return t.get("content")
     return t
 
-
-# Split regexes of llama.cpp pre-tokenizer names (the same patterns the HF tokenizer.json files use).
-_SPLIT_REGEX = {
-    "llama-bpe": (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+"
-                  r"[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"),
-    "qwen2": (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-              r"|\s*[\r\n]+|\s+(?!\S)|\s+"),
-}

@@ -68,7 +68,9 @@ class LearnerConfig:
     ref_alpha: float = 1.0  # ref <- alpha * theta + (1 - alpha) * ref
     # Precision and memory.
     compute_dtype: str = "float32"  # "bfloat16" for forward/backward; log-softmax and loss stay f32
-    param_dtype: str = "float32"  # "bfloat16" halves params + optimizer state memory
+    # "bfloat16" halves params + optimizer-state memory, but without stochastic rounding an update
+    # much smaller than 2^-8 of a weight (lr 1e-6 is) rounds away: keep float32 master params then.
+    param_dtype: str = "float32"
     remat: bool = False  # recompute each layer in the backward pass
     compute_entropy: bool = True  # an extra pass over the logits, for the entropy metric only
     parallel: str = "single"
@@ -254,6 +256,10 @@ def update_step(state: TrainState, batch: Batch, model_config: ModelConfig, cfg:
     `batch` is this device's share; under FSDP, `batch` is global, num_shards devices share it and
     `mesh` pins each micro-batch's layout. Returns (new state, metrics averaged over epochs).
     """
+    if cfg.kl_beta > 0 and state.ref_params is None:
+        raise ValueError("LearnerConfig.kl_beta > 0 needs a reference policy: build the state with "
+                         "init_state(params, cfg) using a config whose kl_beta > 0.")
+
     def epoch(s, _):
         return _optimizer_step(s, batch, model_config, cfg, axis_name, num_shards, mesh)
 
