@@ -6,7 +6,7 @@ import pytest
 from exit_jax.curriculum import prompts
 from exit_jax.evaluation import eval_json
 from exit_jax.evaluation.greedy_search import Node, best_index, greedy_search, next_action
-from tests.test_evaluation_helpers import ScriptedSearcher, ToyMLEEnv, mle_task
+from tests.evaluation_fakes import ScriptedSearcher, ToyMLEEnv, mle_task
 
 GOOD = "VAL=0.5 TEST=0.5 PRINT=0.1"
 FLASHY = "VAL=0.4 TEST=0.9 PRINT=0.99"  # worse on validation, better test and printed metric

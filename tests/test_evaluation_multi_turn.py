@@ -4,7 +4,7 @@ import pytest
 
 from exit_jax.envs.base import Task
 from exit_jax.evaluation import multi_turn
-from tests.test_evaluation_helpers import ToyToolEnv, ScriptedToolUser
+from tests.evaluation_fakes import ToyToolEnv, ScriptedToolUser
 
 
 def _tasks():

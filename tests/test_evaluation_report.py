@@ -7,7 +7,7 @@ import pytest
 
 from exit_jax.evaluation import compare, eval_json, plots, self_improve
 from exit_jax.training.metrics import MetricsWriter
-from tests.test_evaluation_helpers import ExactAnswerEnv, ScriptedImprover, toy_tasks
+from tests.evaluation_fakes import ExactAnswerEnv, ScriptedImprover, toy_tasks
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

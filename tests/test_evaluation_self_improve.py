@@ -5,7 +5,7 @@ import pytest
 from exit_jax.curriculum import episodes, prompts
 from exit_jax.curriculum.config import CurriculumConfig
 from exit_jax.evaluation import self_improve
-from tests.test_evaluation_helpers import ExactAnswerEnv, ScriptedImprover, SYSTEM, toy_tasks
+from tests.evaluation_fakes import ExactAnswerEnv, ScriptedImprover, SYSTEM, toy_tasks
 
 
 def test_curves_and_net_corrections_match_hand_computation():

@@ -1,4 +1,4 @@
-"""One tokenizer interface over HF `tokenizer.json`, sentencepiece `.model` and GGUF-embedded BPE vocabs.
+"""One tokenizer interface over HF `tokenizer.json`, sentencepiece `.model` and GGUF vocabularies.
 
 BOS policy: `encode(text)` adds the BOS token only when the model needs one (`add_bos`, from
 `tokenizer_config.json` / GGUF `add_bos_token`; true for Llama 3 and Gemma, false for SmolLM2 and

@@ -1,0 +1,147 @@
+"""Seconds per GRPO training iteration on math, SmolLM2-135M-Instruct: exit_jax vs TRL's GRPOTrainer (torch CPU).
+
+    python launch/bench_e2e.py [--prompts 4 --group 4 --max-new-tokens 64 --warmup 1 --timed 3]
+
+Both sides, in this one process and one after the other, run plain GRPO (no buffer: the same work per
+iteration) from the exact same weights: sample G completions for each of P chat-templated math prompts (temperature
+1, no top-k/top-p), grade them with exit_jax.envs.math, take one AdamW step on the whole P*G batch (clip 0.2,
+beta 0 so no reference model, per-sequence token-mean loss, group-std advantages). The first `--warmup`
+iterations (our jit compiles; torch's first-call costs) are reported apart; the rest give medians.
+Prompts differ per iteration (each side draws its own from the same task set), so compare medians.
+"""
+import argparse, json, os, statistics, sys, tempfile, time  # noqa: E401
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def summary(name, steps, rollout, sampled, trained, warmup, prompt_tokens):
+    """steps/rollout: seconds per iteration; sampled/trained: tokens per iteration (all iterations)."""
+    med = lambda xs: statistics.median(xs[warmup:])  # noqa: E731
+    update = [s - r for s, r in zip(steps, rollout)]
+    return {"side": name, "first_iteration_s": steps[0], "iteration_s": med(steps), "rollout_s": med(rollout),
+            "update_s": med(update), "timed_iteration_s": steps[warmup:],
+            "sampled_tokens_per_s": med([t / r for t, r in zip(sampled, rollout)]),
+            "trained_tokens_per_s": med([t / u for t, u in zip(trained, update)]),
+            "mean_completion_tokens": med(sampled), "mean_prompt_tokens": prompt_tokens}
+
+
+def bench_ours(a, lm, domain):
+    from exit_jax.curriculum.config import preset
+    from exit_jax.rl.learner import LearnerConfig
+    from exit_jax.training import loop
+    from exit_jax.training.policy import SamplingConfig
+    with tempfile.TemporaryDirectory() as wd:
+        run = loop.RunConfig(workdir=wd, num_iterations=a.warmup + a.timed, seed=a.seed, progress=False,
+                             prompts_per_iteration=a.prompts, group_size=a.group)
+        # Plain GRPO (not ExIt) so that both sides do the same work; the loop's default per-iteration
+        # checkpoint stays on, as in a real run, and is shown as its own phase.
+        loop.train(run, lm, domain, preset("math", "grpo"), LearnerConfig(kl_beta=0.0, learning_rate=a.lr),
+                   SamplingConfig(max_new_tokens=a.max_new_tokens))
+        with open(os.path.join(wd, "metrics.jsonl")) as f:
+            rows = [json.loads(line) for line in f]
+    steps = [r["time/iteration_s"] for r in rows]
+    rollout = [r["time/plan_s"] + r["time/rollout_s"] for r in rows]
+    sampled = [r["rollout/completion_tokens"] for r in rows]
+    trained = [r["throughput/trained_tokens_per_s"] * r["time/update_s"] for r in rows]
+    out = summary("exit_jax", steps, rollout, sampled, trained, a.warmup,
+                  statistics.mean(r["rollout/mean_prompt_tokens"] for r in rows))
+    # "update" above is everything after the rollout; split it into the learner and the checkpoint.
+    out["learner_update_s"] = statistics.median(r["time/update_s"] for r in rows[a.warmup:])
+    out["checkpoint_s"] = statistics.median(r["time/buffer_checkpoint_s"] for r in rows[a.warmup:])
+    out["iteration_without_checkpoint_s"] = statistics.median(
+        r["time/iteration_s"] - r["time/buffer_checkpoint_s"] for r in rows[a.warmup:])
+    out["trained_tokens_per_s"] = statistics.median(r["throughput/trained_tokens_per_s"] for r in rows[a.warmup:])
+    return out
+
+
+def bench_trl(a, hf_dir, domain):
+    import datasets, torch, transformers, trl  # noqa: E401
+    from exit_jax.envs import math as math_env
+    ds = datasets.Dataset.from_list([{"prompt": domain.make_env(t).reset(), "answer": str(t.data["answer"])}
+                                     for t in domain.train_tasks])
+
+    def correctness(completions, answer, **_):  # the reward MathEnv.step gives
+        return [math_env.grade(c[-1]["content"], ans) for c, ans in zip(completions, answer)]
+
+    rec = {"step": [], "rollout": [], "tokens": [], "prompt_tokens": []}
+
+    class TimedGRPO(trl.GRPOTrainer):
+        def _generate_and_score_completions(self, inputs):  # sampling + rewards + advantages
+            t = time.perf_counter()
+            out = super()._generate_and_score_completions(inputs)
+            rec["rollout"].append(time.perf_counter() - t)
+            rec["tokens"].append(int(out["completion_mask"].sum()))
+            rec["prompt_tokens"].append(float(out["prompt_mask"].sum()) / out["prompt_mask"].shape[0])
+            return out
+
+    class Clock(transformers.TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            self.t = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            rec["step"].append(time.perf_counter() - self.t)
+
+    cfg = trl.GRPOConfig(
+        output_dir=os.path.join(hf_dir, "trl_out"), use_cpu=True, report_to="none", save_strategy="no",
+        logging_strategy="no", disable_tqdm=True, max_steps=a.warmup + a.timed, seed=a.seed,
+        per_device_train_batch_size=a.prompts * a.group, gradient_accumulation_steps=1,
+        num_generations=a.group, max_completion_length=a.max_new_tokens, temperature=1.0, top_p=1.0,
+        top_k=0, beta=0.0, num_iterations=1, epsilon=0.2, loss_type="grpo", scale_rewards="group",
+        learning_rate=a.lr, max_grad_norm=1.0, use_vllm=False, log_completions=False, bf16=False)
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+    tok = transformers.AutoTokenizer.from_pretrained(hf_dir)
+    trainer = TimedGRPO(model=model, reward_funcs=correctness, args=cfg, train_dataset=ds,
+                        processing_class=tok, callbacks=[Clock()])
+    trainer.train()
+    return summary("trl", rec["step"], rec["rollout"], rec["tokens"], rec["tokens"], a.warmup,
+                   statistics.mean(rec["prompt_tokens"]))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--prompts", type=int, default=4, help="P: prompts per iteration")
+    p.add_argument("--group", type=int, default=4, help="G: samples per prompt")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--timed", type=int, default=3)
+    p.add_argument("--num-train", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-6)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sides", default="exit_jax,trl")
+    a = p.parse_args()
+    import jax, torch, transformers  # noqa: E401
+    from exit_jax import models
+    from exit_jax.training import domains
+    domain = domains.math(num_train=a.num_train, num_eval=1, levels=(1, 2), seed=a.seed)
+    lm = models.load("smollm2-135m-instruct")
+    vers = {"jax": jax.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "torch_threads": torch.get_num_threads(), "load_avg": os.getloadavg()}
+    results = {}
+    with tempfile.TemporaryDirectory() as hf_dir:
+        models.save_hf(lm, hf_dir)  # TRL trains the exact same weights
+        for side in a.sides.split(","):
+            results[side] = bench_ours(a, lm, domain) if side == "exit_jax" else bench_trl(a, hf_dir, domain)
+            print(json.dumps(results[side]), flush=True)
+    if "trl" in results:
+        import trl
+        vers["trl"] = trl.__version__
+    print(f"config: P={a.prompts} G={a.group} N={a.max_new_tokens} warmup={a.warmup} timed={a.timed} {vers}")
+    keys = ("first_iteration_s", "iteration_s", "rollout_s", "update_s", "sampled_tokens_per_s",
+            "trained_tokens_per_s", "mean_completion_tokens", "mean_prompt_tokens")
+    # ratio = TRL / ours for times and token counts, ours / TRL for rates: > 1 means exit_jax is faster.
+    print(f"{'metric':24s}" + "".join(f"{s:>12s}" for s in results) + ("       ratio" if len(results) == 2 else ""))
+    for k in keys:
+        vals = [results[s][k] for s in results]
+        r = (vals[0] / vals[1] if "per_s" in k else vals[1] / vals[0]) if len(vals) == 2 and min(vals) else None
+        ratio = f"{r:12.2f}" if r is not None else ""
+        print(f"{k:24s}" + "".join(f"{v:12.3f}" for v in vals) + ratio)
+    if "exit_jax" in results:
+        o = results["exit_jax"]
+        print(f"exit_jax update = learner {o['learner_update_s']:.3f}s + checkpoint {o['checkpoint_s']:.3f}s; "
+              f"iteration without checkpoint {o['iteration_without_checkpoint_s']:.3f}s"
+              + (f" (ratio trl/ours {results['trl']['iteration_s'] / o['iteration_without_checkpoint_s']:.2f})"
+                 if "trl" in results else ""))
+
+
+if __name__ == "__main__":
+    main()
