@@ -7,6 +7,7 @@ iteration) from the exact same weights: sample G completions for each of P chat-
 1, no top-k/top-p), grade them with exit_jax.envs.math, take one AdamW step on the whole P*G batch (clip 0.2,
 beta 0 so no reference model, per-sequence token-mean loss, group-std advantages). The first `--warmup`
 iterations (our jit compiles; torch's first-call costs) are reported apart; the rest give medians.
+Our prompts pad to a power-of-two bucket (--min-bucket) and TRL's to the batch's longest prompt.
 Prompts differ per iteration (each side draws its own from the same task set), so compare medians.
 """
 import argparse, json, os, statistics, sys, tempfile, time  # noqa: E401
@@ -36,7 +37,7 @@ def bench_ours(a, lm, domain):
         # Plain GRPO (not ExIt) so that both sides do the same work; the loop's default per-iteration
         # checkpoint stays on, as in a real run, and is shown as its own phase.
         loop.train(run, lm, domain, preset("math", "grpo"), LearnerConfig(kl_beta=0.0, learning_rate=a.lr),
-                   SamplingConfig(max_new_tokens=a.max_new_tokens))
+                   SamplingConfig(max_new_tokens=a.max_new_tokens, min_bucket=a.min_bucket))
         with open(os.path.join(wd, "metrics.jsonl")) as f:
             rows = [json.loads(line) for line in f]
     steps = [r["time/iteration_s"] for r in rows]
@@ -105,6 +106,8 @@ def main():
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--timed", type=int, default=3)
     p.add_argument("--num-train", type=int, default=256)
+    # Level 1-2 prompts are 47-87 tokens: one 128 bucket means one compile, not one per bucket seen.
+    p.add_argument("--min-bucket", type=int, default=128, help="our smallest prompt-length bucket")
     p.add_argument("--lr", type=float, default=1e-6)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sides", default="exit_jax,trl")
