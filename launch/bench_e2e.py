@@ -1,14 +1,16 @@
-"""Seconds per GRPO training iteration on math, SmolLM2-135M-Instruct: exit_jax vs TRL's GRPOTrainer (torch CPU).
+"""Seconds per GRPO iteration on math, SmolLM2-135M-Instruct: exit_jax vs TRL's GRPOTrainer (torch CPU).
 
     python launch/bench_e2e.py [--prompts 4 --group 4 --max-new-tokens 64 --warmup 1 --timed 3]
 
-Both sides, in this one process and one after the other, run plain GRPO (no buffer: the same work per
-iteration) from the exact same weights: sample G completions for each of P chat-templated math prompts (temperature
-1, no top-k/top-p), grade them with exit_jax.envs.math, take one AdamW step on the whole P*G batch (clip 0.2,
-beta 0 so no reference model, per-sequence token-mean loss, group-std advantages). The first `--warmup`
-iterations (our jit compiles; torch's first-call costs) are reported apart; the rest give medians.
-Our prompts pad to a power-of-two bucket (--min-bucket) and TRL's to the batch's longest prompt.
-Prompts differ per iteration (each side draws its own from the same task set), so compare medians.
+Both sides, in this one process and one after the other, run plain GRPO (no buffer: the same work
+per iteration) from the exact same weights: sample G completions for each of P chat-templated math
+prompts (temperature 1, no top-k/top-p), grade them with exit_jax.envs.math, take one AdamW step on the
+P*G batch (clip 0.2, beta 0 so no reference model, per-sequence token-mean loss, group-std advantages),
+accumulating gradients over --micro-batch rows at a time (TRL: steps_per_generation = accumulation
+steps, so no extra old-log-prob pass; ours takes the sampler's log-probs). The first --warmup
+iterations (our jit compiles, torch's first calls) are reported apart; the rest give medians. Our
+prompts pad to a power-of-two bucket (--min-bucket), TRL's to the batch's longest prompt. Each side
+draws its own prompts from the same task set. Ratios: > 1 means exit_jax is faster.
 """
 import argparse, json, os, statistics, sys, tempfile, time  # noqa: E401
 
@@ -36,7 +38,8 @@ def bench_ours(a, lm, domain):
                              prompts_per_iteration=a.prompts, group_size=a.group)
         # Plain GRPO (not ExIt) so that both sides do the same work; the loop's default per-iteration
         # checkpoint stays on, as in a real run, and is shown as its own phase.
-        loop.train(run, lm, domain, preset("math", "grpo"), LearnerConfig(kl_beta=0.0, learning_rate=a.lr),
+        loop.train(run, lm, domain, preset("math", "grpo"), LearnerConfig(kl_beta=0.0, learning_rate=a.lr,
+                                                                    micro_batch_size=a.micro_batch),
                    SamplingConfig(max_new_tokens=a.max_new_tokens, min_bucket=a.min_bucket))
         with open(os.path.join(wd, "metrics.jsonl")) as f:
             rows = [json.loads(line) for line in f]
@@ -47,11 +50,12 @@ def bench_ours(a, lm, domain):
     out = summary("exit_jax", steps, rollout, sampled, trained, a.warmup,
                   statistics.mean(r["rollout/mean_prompt_tokens"] for r in rows))
     # "update" above is everything after the rollout; split it into the learner and the checkpoint.
-    out["learner_update_s"] = statistics.median(r["time/update_s"] for r in rows[a.warmup:])
-    out["checkpoint_s"] = statistics.median(r["time/buffer_checkpoint_s"] for r in rows[a.warmup:])
-    out["iteration_without_checkpoint_s"] = statistics.median(
-        r["time/iteration_s"] - r["time/buffer_checkpoint_s"] for r in rows[a.warmup:])
-    out["trained_tokens_per_s"] = statistics.median(r["throughput/trained_tokens_per_s"] for r in rows[a.warmup:])
+    timed = rows[a.warmup:]
+    out["learner_update_s"] = statistics.median(r["time/update_s"] for r in timed)
+    out["checkpoint_s"] = statistics.median(r["time/buffer_checkpoint_s"] for r in timed)
+    out["iteration_no_ckpt_s"] = statistics.median(r["time/iteration_s"] - r["time/buffer_checkpoint_s"]
+                                                   for r in timed)
+    out["trained_tokens_per_s"] = statistics.median(r["throughput/trained_tokens_per_s"] for r in timed)
     return out
 
 
@@ -85,7 +89,8 @@ def bench_trl(a, hf_dir, domain):
     cfg = trl.GRPOConfig(
         output_dir=os.path.join(hf_dir, "trl_out"), use_cpu=True, report_to="none", save_strategy="no",
         logging_strategy="no", disable_tqdm=True, max_steps=a.warmup + a.timed, seed=a.seed,
-        per_device_train_batch_size=a.prompts * a.group, gradient_accumulation_steps=1,
+        per_device_train_batch_size=a.micro_batch,
+        gradient_accumulation_steps=a.prompts * a.group // a.micro_batch,
         num_generations=a.group, max_completion_length=a.max_new_tokens, temperature=1.0, top_p=1.0,
         top_k=0, beta=0.0, num_iterations=1, epsilon=0.2, loss_type="grpo", scale_rewards="group",
         learning_rate=a.lr, max_grad_norm=1.0, use_vllm=False, log_completions=False, bf16=False)
@@ -94,8 +99,10 @@ def bench_trl(a, hf_dir, domain):
     trainer = TimedGRPO(model=model, reward_funcs=correctness, args=cfg, train_dataset=ds,
                         processing_class=tok, callbacks=[Clock()])
     trainer.train()
-    return summary("trl", rec["step"], rec["rollout"], rec["tokens"], rec["tokens"], a.warmup,
-                   statistics.mean(rec["prompt_tokens"]))
+    out = summary("trl", rec["step"], rec["rollout"], rec["tokens"], rec["tokens"], a.warmup,
+                  statistics.mean(rec["prompt_tokens"]))
+    return {**out, "learner_update_s": out["update_s"], "checkpoint_s": 0.0,  # save_strategy="no"
+            "iteration_no_ckpt_s": out["iteration_s"]}
 
 
 def main():
@@ -109,9 +116,14 @@ def main():
     # Level 1-2 prompts are 47-87 tokens: one 128 bucket means one compile, not one per bucket seen.
     p.add_argument("--min-bucket", type=int, default=128, help="our smallest prompt-length bucket")
     p.add_argument("--lr", type=float, default=1e-6)
+    # Rows per forward/backward pass on both sides (gradient accumulation to one optimizer step per
+    # iteration): the whole 16 x 192 batch at once needs > 10 GB in our learner, too much for this host.
+    p.add_argument("--micro-batch", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sides", default="exit_jax,trl")
     a = p.parse_args()
+    if (a.prompts * a.group) % a.micro_batch:
+        p.error(f"--micro-batch={a.micro_batch} must divide prompts x group = {a.prompts * a.group}.")
     import jax, torch, transformers  # noqa: E401
     from exit_jax import models
     from exit_jax.training import domains
@@ -128,22 +140,19 @@ def main():
     if "trl" in results:
         import trl
         vers["trl"] = trl.__version__
-    print(f"config: P={a.prompts} G={a.group} N={a.max_new_tokens} warmup={a.warmup} timed={a.timed} {vers}")
-    keys = ("first_iteration_s", "iteration_s", "rollout_s", "update_s", "sampled_tokens_per_s",
-            "trained_tokens_per_s", "mean_completion_tokens", "mean_prompt_tokens")
-    # ratio = TRL / ours for times and token counts, ours / TRL for rates: > 1 means exit_jax is faster.
-    print(f"{'metric':24s}" + "".join(f"{s:>12s}" for s in results) + ("       ratio" if len(results) == 2 else ""))
+    print(f"config: P={a.prompts} G={a.group} N={a.max_new_tokens} micro_batch={a.micro_batch} "
+          f"warmup={a.warmup} timed={a.timed} {vers}")
+    keys = ("first_iteration_s", "iteration_s", "iteration_no_ckpt_s", "rollout_s", "update_s",
+            "learner_update_s", "checkpoint_s", "sampled_tokens_per_s", "trained_tokens_per_s",
+            "mean_completion_tokens", "mean_prompt_tokens")
+    both = "exit_jax" in results and "trl" in results
+    print(f"{'metric':24s}" + "".join(f"{s:>12s}" for s in results) + ("  ratio" if both else ""))
     for k in keys:
-        vals = [results[s][k] for s in results]
-        r = (vals[0] / vals[1] if "per_s" in k else vals[1] / vals[0]) if len(vals) == 2 and min(vals) else None
-        ratio = f"{r:12.2f}" if r is not None else ""
-        print(f"{k:24s}" + "".join(f"{v:12.3f}" for v in vals) + ratio)
-    if "exit_jax" in results:
-        o = results["exit_jax"]
-        print(f"exit_jax update = learner {o['learner_update_s']:.3f}s + checkpoint {o['checkpoint_s']:.3f}s; "
-              f"iteration without checkpoint {o['iteration_without_checkpoint_s']:.3f}s"
-              + (f" (ratio trl/ours {results['trl']['iteration_s'] / o['iteration_without_checkpoint_s']:.2f})"
-                 if "trl" in results else ""))
+        line = f"{k:24s}" + "".join(f"{results[s][k]:12.3f}" for s in results)
+        ours, theirs = (results["exit_jax"][k], results["trl"][k]) if both else (0, 0)
+        if ours and theirs:  # times and counts: TRL / ours; rates: ours / TRL
+            line += f"  {ours / theirs if 'per_s' in k else theirs / ours:.2f}"
+        print(line)
 
 
 if __name__ == "__main__":

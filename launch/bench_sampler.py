@@ -61,14 +61,13 @@ def main():
         hf = transformers.AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
     # torch's OpenMP threads slow down several-fold when other processes share the cores: give it
     # its faster setting (also the warm-up outside the timings, as our compile is).
-    warm = lambda: hf.generate(input_ids=torch.tensor([prompts[0]] * 4), max_new_tokens=8,  # noqa
-                               do_sample=False)
+    ids0 = torch.tensor([prompts[0]] * 4)
+    warm = lambda: hf.generate(input_ids=ids0, attention_mask=torch.ones_like(ids0),  # noqa
+                               max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_id)
     with torch.inference_mode():
         best = min((_threads_time(torch, t, warm), t) for t in sorted({1, os.cpu_count()}))[1]
     torch.set_num_threads(best)
-    peak = matmul_peak()
-    print(f"devices={jax.devices()[0].platform} torch_threads={torch.get_num_threads()} "
-          f"fp32 matmul peak={peak / 1e9:.1f} GFLOP/s")
+    print(f"devices={jax.devices()[0].platform} torch_threads={torch.get_num_threads()}")
     flops_per_token = 2 * lm.config.num_params()  # matmul FLOPs per processed token (head included)
     for batch in [int(b) for b in args.batches.split(",")]:
         g = 1 if batch == 1 else 8
@@ -76,14 +75,17 @@ def main():
         sampler = sampling.Sampler(lm.config, num_samples=g, max_new_tokens=n, eos_ids=(),
                                    pad_id=tok.pad_id)
         sampler(lm.params, group, temperature=1.0)  # compile (greedy and sampling share it)
+        outs = []
         rows = [p for p in group for _ in range(g)]  # torch gets each prompt G times, left-padded
         width = max(map(len, rows))
         ids = torch.tensor([[tok.pad_id] * (width - len(r)) + r for r in rows])
         attn = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
         for mode, temp in (("greedy", 0.0), ("sample", 1.0)):
-            ours = _timed(lambda: sampler(lm.params, group, temperature=temp, seed=1))
-            out = sampler(lm.params, group, temperature=temp, seed=2)
-            assert int(out.lengths.sum()) == batch * n
+            # Best of two, with the peak measured right beside it: the cores are shared and noisy.
+            peak = matmul_peak()
+            ours = min(_timed(lambda: outs.append(sampler(lm.params, group, temperature=temp,
+                                                          seed=s))) for s in range(2))
+            assert all(int(o.lengths.sum()) == batch * n for o in outs)
             knobs = (dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0) if temp
                      else dict(do_sample=False))
             gen = lambda: hf.generate(input_ids=ids, attention_mask=attn, max_new_tokens=n,  # noqa
@@ -95,7 +97,7 @@ def main():
             frac = processed * flops_per_token / ours / peak
             print(f"batch={batch:3d} ({len(group)}x{g}) {mode:6s} ours={ours_tps:8.1f} tok/s  "
                   f"transformers={theirs_tps:8.1f} tok/s  ratio={ours_tps / theirs_tps:5.2f}x  "
-                  f"ours={frac * 100:5.1f}% of matmul peak")
+                  f"ours={frac * 100:5.1f}% of matmul peak ({peak / 1e9:.0f} GFLOP/s)")
 
 
 if __name__ == "__main__":

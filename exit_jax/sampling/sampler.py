@@ -99,8 +99,8 @@ def _prefill_impl(spec: SamplerSpec, params, tokens, prompt_mask, prompt_index, 
     keys = jax.vmap(lambda k: jax.vmap(lambda j: jax.random.fold_in(k, j))(jnp.arange(g)))(
         prompt_keys).reshape(num_p * g)
     keys = _constrain(spec, keys)
-    first, lp = choose_tokens(logits, jax.vmap(jax.random.fold_in)(keys, jnp.zeros_like(
-        prompt_mask[:, 0], jnp.int32)), knobs)
+    step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, 0)  # token 0's draw
+    first, lp = choose_tokens(logits, step_keys, knobs)
     b = num_p * g
     stopped = _is_stop(spec, first)
     state = SamplingState(
