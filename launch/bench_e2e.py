@@ -17,15 +17,19 @@ import argparse, json, os, statistics, sys, tempfile, time  # noqa: E401
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def summary(name, steps, rollout, sampled, trained, warmup, prompt_tokens):
-    """steps/rollout: seconds per iteration; sampled/trained: tokens per iteration (all iterations)."""
-    med = lambda xs: statistics.median(xs[warmup:])  # noqa: E731
-    update = [s - r for s, r in zip(steps, rollout)]
-    return {"side": name, "first_iteration_s": steps[0], "iteration_s": med(steps), "rollout_s": med(rollout),
-            "update_s": med(update), "timed_iteration_s": steps[warmup:],
-            "sampled_tokens_per_s": med([t / r for t, r in zip(sampled, rollout)]),
-            "trained_tokens_per_s": med([t / u for t, u in zip(trained, update)]),
-            "mean_completion_tokens": med(sampled), "mean_prompt_tokens": prompt_tokens}
+def summary(steps, rollout, ckpt, tokens, prompt_tokens, warmup):
+    """Per-iteration seconds (whole iteration, rollout, checkpoint) and completion tokens -> medians of
+    the timed iterations; the learner phase is what is left (advantages, batching, update)."""
+    med = lambda xs: statistics.median(list(xs)[warmup:])  # noqa: E731
+    learn = [s - r - c for s, r, c in zip(steps, rollout, ckpt)]
+    return {"first_iteration_s": steps[0], "iteration_s": med(steps),
+            "iteration_no_ckpt_s": med(s - c for s, c in zip(steps, ckpt)), "rollout_s": med(rollout),
+            "learner_update_s": med(learn), "checkpoint_s": med(ckpt),
+            "sampled_tokens_per_s": med(t / r for t, r in zip(tokens, rollout)),
+            "trained_tokens_per_s": med(t / u for t, u in zip(tokens, learn)),  # single turn: same tokens
+            "completion_tokens_per_it": med(tokens), "mean_prompt_tokens": prompt_tokens,
+            "min_iteration_s": min(steps[warmup:]), "timed_iteration_s": steps[warmup:],
+            "timed_rollout_s": rollout[warmup:]}
 
 
 def bench_ours(a, lm, domain):
@@ -38,25 +42,15 @@ def bench_ours(a, lm, domain):
                              prompts_per_iteration=a.prompts, group_size=a.group)
         # Plain GRPO (not ExIt) so that both sides do the same work; the loop's default per-iteration
         # checkpoint stays on, as in a real run, and is shown as its own phase.
-        loop.train(run, lm, domain, preset("math", "grpo"), LearnerConfig(kl_beta=0.0, learning_rate=a.lr,
-                                                                    micro_batch_size=a.micro_batch),
+        learner = LearnerConfig(kl_beta=0.0, learning_rate=a.lr, micro_batch_size=a.micro_batch)
+        loop.train(run, lm, domain, preset("math", "grpo"), learner,
                    SamplingConfig(max_new_tokens=a.max_new_tokens, min_bucket=a.min_bucket))
         with open(os.path.join(wd, "metrics.jsonl")) as f:
             rows = [json.loads(line) for line in f]
-    steps = [r["time/iteration_s"] for r in rows]
-    rollout = [r["time/plan_s"] + r["time/rollout_s"] for r in rows]
-    sampled = [r["rollout/completion_tokens"] for r in rows]
-    trained = [r["throughput/trained_tokens_per_s"] * r["time/update_s"] for r in rows]
-    out = summary("exit_jax", steps, rollout, sampled, trained, a.warmup,
-                  statistics.mean(r["rollout/mean_prompt_tokens"] for r in rows))
-    # "update" above is everything after the rollout; split it into the learner and the checkpoint.
-    timed = rows[a.warmup:]
-    out["learner_update_s"] = statistics.median(r["time/update_s"] for r in timed)
-    out["checkpoint_s"] = statistics.median(r["time/buffer_checkpoint_s"] for r in timed)
-    out["iteration_no_ckpt_s"] = statistics.median(r["time/iteration_s"] - r["time/buffer_checkpoint_s"]
-                                                   for r in timed)
-    out["trained_tokens_per_s"] = statistics.median(r["throughput/trained_tokens_per_s"] for r in timed)
-    return out
+    col = lambda k: [r[k] for r in rows]  # noqa: E731
+    return summary(col("time/iteration_s"), [r["time/plan_s"] + r["time/rollout_s"] for r in rows],
+                   col("time/buffer_checkpoint_s"), col("rollout/completion_tokens"),
+                   statistics.mean(col("rollout/mean_prompt_tokens")), a.warmup)
 
 
 def bench_trl(a, hf_dir, domain):
@@ -99,29 +93,26 @@ def bench_trl(a, hf_dir, domain):
     trainer = TimedGRPO(model=model, reward_funcs=correctness, args=cfg, train_dataset=ds,
                         processing_class=tok, callbacks=[Clock()])
     trainer.train()
-    out = summary("trl", rec["step"], rec["rollout"], rec["tokens"], rec["tokens"], a.warmup,
-                  statistics.mean(rec["prompt_tokens"]))
-    return {**out, "learner_update_s": out["update_s"], "checkpoint_s": 0.0,  # save_strategy="no"
-            "iteration_no_ckpt_s": out["iteration_s"]}
+    return summary(rec["step"], rec["rollout"], [0.0] * len(rec["step"]),  # save_strategy="no"
+                   rec["tokens"], statistics.mean(rec["prompt_tokens"]), a.warmup)
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--prompts", type=int, default=4, help="P: prompts per iteration")
-    p.add_argument("--group", type=int, default=4, help="G: samples per prompt")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--timed", type=int, default=3)
-    p.add_argument("--num-train", type=int, default=256)
-    # Level 1-2 prompts are 47-87 tokens: one 128 bucket means one compile, not one per bucket seen.
-    p.add_argument("--min-bucket", type=int, default=128, help="our smallest prompt-length bucket")
-    p.add_argument("--lr", type=float, default=1e-6)
-    # Rows per forward/backward pass on both sides (gradient accumulation to one optimizer step per
-    # iteration): the whole 16 x 192 batch at once needs > 10 GB in our learner, too much for this host.
-    p.add_argument("--micro-batch", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sides", default="exit_jax,trl")
+    for flag, default, why in (
+            ("--prompts", 4, "P: prompts per iteration"), ("--group", 4, "G: samples per prompt"),
+            ("--max-new-tokens", 64, "N"), ("--warmup", 1, "untimed first iterations"),
+            ("--timed", 3, "timed iterations"), ("--num-train", 256, "math tasks to draw prompts from"),
+            # Level 1-2 prompts are 47-87 tokens: one 128 bucket = one compile, not one per bucket seen.
+            ("--min-bucket", 128, "our smallest prompt-length bucket"), ("--lr", 1e-6, "learning rate"),
+            # Both sides accumulate gradients over this many rows: all 16 x 192 at once takes > 10 GB
+            # in our learner, more than this shared host has to spare.
+            ("--micro-batch", 4, "rows per forward/backward pass"), ("--seed", 0, "seed"),
+            ("--sides", "exit_jax,trl", "which sides to run, in order")):
+        p.add_argument(flag, type=type(default), default=default, help=why)
     a = p.parse_args()
+    if set(a.sides.split(",")) - {"exit_jax", "trl"}:
+        p.error(f"--sides={a.sides!r}: expected a comma-separated list of exit_jax and trl.")
     if (a.prompts * a.group) % a.micro_batch:
         p.error(f"--micro-batch={a.micro_batch} must divide prompts x group = {a.prompts * a.group}.")
     import jax, torch, transformers  # noqa: E401
@@ -136,15 +127,13 @@ def main():
         models.save_hf(lm, hf_dir)  # TRL trains the exact same weights
         for side in a.sides.split(","):
             results[side] = bench_ours(a, lm, domain) if side == "exit_jax" else bench_trl(a, hf_dir, domain)
-            print(json.dumps(results[side]), flush=True)
+            print(side, json.dumps(results[side]), flush=True)
     if "trl" in results:
         import trl
         vers["trl"] = trl.__version__
     print(f"config: P={a.prompts} G={a.group} N={a.max_new_tokens} micro_batch={a.micro_batch} "
           f"warmup={a.warmup} timed={a.timed} {vers}")
-    keys = ("first_iteration_s", "iteration_s", "iteration_no_ckpt_s", "rollout_s", "update_s",
-            "learner_update_s", "checkpoint_s", "sampled_tokens_per_s", "trained_tokens_per_s",
-            "mean_completion_tokens", "mean_prompt_tokens")
+    keys = [k for k in results[next(iter(results))] if not k.startswith("timed_")]
     both = "exit_jax" in results and "trl" in results
     print(f"{'metric':24s}" + "".join(f"{s:>12s}" for s in results) + ("  ratio" if both else ""))
     for k in keys:

@@ -77,14 +77,20 @@ def write_operative_config(workdir: str) -> None:
 
 
 def call(fn):
-    """Calls `fn` with its gin bindings; a missing required argument becomes one clear sentence."""
+    """Calls `fn` with its gin bindings. User mistakes (a missing argument, a bad path or value, a
+    checkpoint from another run) end with their one-sentence message; EXIT_JAX_TRACEBACK=1 shows the
+    full trace instead."""
     try:
         return gin.get_configurable(fn)()
     except TypeError as e:
-        if "missing" in str(e) and "required" in str(e):
+        if "missing" in str(e) and "required" in str(e) and not os.environ.get("EXIT_JAX_TRACEBACK"):
             raise ConfigError(f"{fn.__module__}.{fn.__name__}: {e}; bind it in a .gin file "
                               "or with --gin_bindings.") from None
         raise
+    except (ValueError, FileNotFoundError) as e:
+        if os.environ.get("EXIT_JAX_TRACEBACK"):
+            raise
+        raise ConfigError(str(e).strip().splitlines()[0]) from None
 
 
 def maybe_initialize_distributed() -> None:

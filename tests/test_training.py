@@ -169,3 +169,10 @@ def test_tool_use_and_mle_domains_train(tmp_path):
     # A random model writes no runnable solution: every iterate fails, so replays become debug steps.
     assert records[-1]["reward/mean"] == 0.0
     assert max(r["curriculum/debug_fraction"] for r in records) > 0
+
+
+def test_launcher_reports_a_missing_checkpoint_in_one_sentence(tmp_path):
+    out = subprocess.run(_train_cmd(tmp_path, f"--gin.MODEL='{tmp_path}/no_such_model'"),
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert "no_such_model" in out.stderr.strip().splitlines()[-1]
