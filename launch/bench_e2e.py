@@ -10,7 +10,8 @@ accumulating gradients over --micro-batch rows at a time (TRL: steps_per_generat
 steps, so no extra old-log-prob pass; ours takes the sampler's log-probs). The first --warmup
 iterations (our jit compiles, torch's first calls) are reported apart; the rest give medians. Our
 prompts pad to a power-of-two bucket (--min-bucket), TRL's to the batch's longest prompt. Each side
-draws its own prompts from the same task set. Ratios: > 1 means exit_jax is faster.
+draws its own prompts from the same task set. Ratios: > 1 means exit_jax is faster. On a shared host
+read min_iteration_s too: torch's iterations slowed 3-10x whenever another process used the cores.
 """
 import argparse, json, os, statistics, sys, tempfile, time  # noqa: E401
 

@@ -134,7 +134,9 @@ def _bwrap_argv(cfg: SandboxConfig, data_dir: str, jobs_dir: str, tmp_dir: str, 
         argv += ["--cap-drop", "ALL"] + [a for c in ("CAP_SETUID", "CAP_SETGID", "CAP_KILL", "CAP_SYS_PTRACE")
                                           for a in ("--cap-add", c)]
     argv += ["--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
-             "--symlink", "usr/bin", "/bin", "--symlink", "usr/sbin", "/sbin", "--proc", "/proc", "--dev", "/dev"]
+             "--symlink", "usr/bin", "/bin", "--symlink", "usr/sbin", "/sbin", "--proc", "/proc", "--dev", "/dev",
+             # /tmp first: binds below it (a project or venv that lives under /tmp) must go on top of it.
+             "--bind", tmp_dir, "/tmp"]
     made = {"/", "/usr", "/tmp"}
     # bwrap creates missing parents 0700 when run as root; the job's uid must be able to traverse them.
     for _, dst in ro + [("", "/sbx/x")]:
@@ -150,7 +152,7 @@ def _bwrap_argv(cfg: SandboxConfig, data_dir: str, jobs_dir: str, tmp_dir: str, 
         for p in _package_data_paths():
             argv += ["--tmpfs", p] if os.path.isdir(p) else ["--ro-bind", "/dev/null", p]
     argv += ["--ro-bind", os.path.abspath(warm_worker.__file__), WORKER_MOUNT,
-             "--ro-bind", data_dir, DATA_MOUNT, "--bind", jobs_dir, JOBS_MOUNT, "--bind", tmp_dir, "/tmp"]
+             "--ro-bind", data_dir, DATA_MOUNT, "--bind", jobs_dir, JOBS_MOUNT]
     for k, v in _base_env(DATA_MOUNT, "/tmp", python).items():
         argv += ["--setenv", k, v]
     return argv + ["--chdir", "/sbx", python, "-I", WORKER_MOUNT] + worker_args
@@ -290,7 +292,7 @@ class _Worker:
         outputs = _collect_outputs(host_dir, cfg.max_output_mb << 20)
         if self.alive():
             shutil.rmtree(host_dir, ignore_errors=True)
-            _empty_dir(self.tmp)
+            _empty_dir(self.tmp, _tmp_mounts() if self.backend == "bwrap" else ())
         return RunResult(returncode=reply["returncode"], stdout=reply["stdout"], stderr=reply["stderr"],
                          timed_out=reply["timed_out"], outputs=outputs, backend=self.backend,
                          runtime_s=reply["runtime_s"], reason=reply["reason"], warm=self.warm)
@@ -349,9 +351,24 @@ def _collect_outputs(job_dir: str, max_bytes: int) -> dict:
     return outputs
 
 
-def _empty_dir(path: str) -> None:
+def _tmp_mounts() -> tuple:
+    """Read-only binds that lie under /tmp (a venv or checkout there), relative to /tmp."""
+    roots = dict.fromkeys(os.path.realpath(p) for p in (sys.base_prefix, sys.prefix))
+    return tuple(os.path.relpath(p, "/tmp") for p in roots if p.startswith("/tmp/"))
+
+
+def _empty_dir(path: str, mounts: tuple = ()) -> None:
+    """Deletes what a job left in `path`, but not the directories that carry the sandbox's binds: deleting
+    a mount point on the host unmounts it inside the sandbox (Linux >= 3.18), which would pull the venv
+    out from under a warm worker."""
     for e in os.scandir(path):
-        if e.is_dir(follow_symlinks=False):
+        rel = os.path.relpath(e.path, path)
+        inner = tuple(os.path.relpath(m, rel) for m in mounts if m.startswith(rel + os.sep))
+        if rel in mounts:
+            continue
+        if inner and e.is_dir(follow_symlinks=False):
+            _empty_dir(e.path, inner)
+        elif e.is_dir(follow_symlinks=False):
             shutil.rmtree(e.path, ignore_errors=True)
         else:
             try:

@@ -78,10 +78,22 @@ def _job_memory_kb(uid: int | None, root_pid: int) -> int:
                if state != "Z" and ((uid is not None and puid == uid) or (uid is None and pid == root_pid)))
 
 
+def _mount_points() -> set:
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8") as f:
+            return {line.split()[4] for line in f if len(line.split()) > 4}
+    except OSError:
+        return set()
+
+
 def _disk_usage(paths: list[str]) -> tuple[int, int]:
-    """(bytes, files) under `paths`, not following symlinks; stops counting past _MAX_FILES."""
+    """(bytes, files) under `paths`, not following symlinks; stops counting past _MAX_FILES.
+
+    Mount points below them are skipped: they are read-only binds (a project or venv under /tmp), not
+    what the job wrote."""
     size = files = 0
     stack = list(paths)
+    skip = _mount_points() - set(paths)
     while stack and files <= _MAX_FILES:
         try:
             entries = list(os.scandir(stack.pop()))
@@ -91,7 +103,8 @@ def _disk_usage(paths: list[str]) -> tuple[int, int]:
             files += 1
             try:
                 if e.is_dir(follow_symlinks=False):
-                    stack.append(e.path)
+                    if e.path not in skip:
+                        stack.append(e.path)
                 else:
                     size += e.stat(follow_symlinks=False).st_blocks * 512
             except OSError:
