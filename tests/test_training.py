@@ -135,6 +135,20 @@ def test_launcher_trains_evaluates_and_plots(tmp_path):
     curve = record["evaluations"]["self_improvement"]["curves"]["accuracy"]
     assert len(curve) == 3  # k = 0, 1, 2 (smoke.gin: K = 2)
     assert any(f.endswith(".png") and f.startswith("eval_") for f in os.listdir(tmp_path))
+    # launch/eval.py restores the same run's last checkpoint and evaluates it again, training nothing.
+    (tmp_path / "eval.json").unlink()
+    cmd = _train_cmd(tmp_path, "--gin.NUM_ITERATIONS=2")
+    cmd[1] = os.path.join(REPO, "launch", "eval.py")
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                         env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    again = json.loads((tmp_path / "eval.json").read_text())
+    assert again["iteration"] == 2 and len(read_metrics(str(tmp_path))) == 2
+    compare = subprocess.run([sys.executable, os.path.join(REPO, "launch", "eval.py"), "--compare",
+                              str(tmp_path), "--out_dir", str(tmp_path / "cmp")],
+                             capture_output=True, text=True, timeout=300)
+    assert compare.returncode == 0, compare.stderr[-2000:]
+    assert (tmp_path / "cmp" / "comparison.md").exists()
 
 
 @pytest.mark.parametrize("args, message", [
