@@ -5,7 +5,7 @@
 Each side runs in its own subprocess, so ru_maxrss is that side's peak memory. FLOPs: 6N per trained
 token + 2N per reference-forward token (attention ignored); peak: a 2048^2 float32 jnp matmul.
 """
-import argparse, copy, json, os, resource, subprocess, sys, time  # noqa: E401
+import argparse, copy, json, resource, subprocess, sys, time  # noqa: E401
 
 import numpy as np
 

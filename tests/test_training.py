@@ -1,5 +1,4 @@
 """End-to-end training: every method on smoke settings, resume exactness, launcher errors."""
-import dataclasses
 import json
 import os
 import signal

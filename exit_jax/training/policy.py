@@ -6,7 +6,7 @@ model's chat template. Training and evaluation share it, so a policy is evaluate
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
