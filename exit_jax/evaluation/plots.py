@@ -7,7 +7,6 @@ standard-error band.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Mapping, Sequence
@@ -16,6 +15,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+
+from exit_jax.training.metrics import read_metrics
 
 CURRICULUM_PREFIX = "curriculum/"
 
@@ -154,19 +155,10 @@ def plot_groups(per_label: Mapping[str, Sequence[Mapping]], path: str, *, title:
 
 def load_metrics(path: str) -> list[dict]:
     """Reads a run's metrics.jsonl (or the one inside a run directory), skipping torn last lines."""
-    if os.path.isdir(path):
-        path = os.path.join(path, "metrics.jsonl")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"No metrics.jsonl at {path}; expected a training run's work directory.")
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:  # a line torn by a kill mid-write
-                    continue
-    return records
+    file = os.path.join(path, "metrics.jsonl") if os.path.isdir(path) else path
+    if not os.path.exists(file):
+        raise FileNotFoundError(f"No metrics.jsonl at {file}; expected a training run's work directory.")
+    return read_metrics(file)
 
 
 def _as_float(value) -> float:

@@ -71,9 +71,18 @@ class MetricsWriter:
             self._tb.close()
 
 
-def read_metrics(workdir: str) -> list[dict]:
-    path = os.path.join(workdir, "metrics.jsonl")
+def read_metrics(path: str) -> list[dict]:
+    """The records of a run's metrics.jsonl (`path` is the file or the run directory); [] when there is
+    none yet. A last line torn by a kill mid-write is skipped, so a live run can be read at any time."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "metrics.jsonl")
     if not os.path.exists(path):
         return []
+    records = []
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:  # blank, or torn by a kill mid-write
+                continue
+    return records
