@@ -77,6 +77,15 @@ def _save(fig, path: str) -> str:
     return path
 
 
+def _save_grid(fig, axes, used: int, title: str, path: str) -> str:
+    """Blanks the unused panels of a grid, adds one legend and the title, and saves it."""
+    for ax in list(axes.flat)[used:]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
 def _subplots(rows: int, cols: int, figsize: tuple[float, float]):
     fig = Figure(figsize=figsize)
     return fig, fig.subplots(rows, cols, squeeze=False)
@@ -146,11 +155,7 @@ def plot_groups(per_label: Mapping[str, Sequence[Mapping]], path: str, *, title:
         ax.set_ylabel(curve_label(curve))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(names):]:
-        ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
-    fig.suptitle(title)
-    return _save(fig, path)
+    return _save_grid(fig, axes, len(names), title, path)
 
 
 def load_metrics(path: str) -> list[dict]:
@@ -211,8 +216,4 @@ def plot_curriculum(runs: Mapping[str, Sequence[Mapping]] | Sequence[Mapping], p
         ax.set_title(curve_label(key), fontsize=10)
         ax.set_xlabel("training iteration")
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(keys):]:
-        ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
-    fig.suptitle(title)
-    return _save(fig, path)
+    return _save_grid(fig, axes, len(keys), title, path)
