@@ -99,7 +99,3 @@ def maybe_initialize_distributed() -> None:
                                      "MEGASCALE_COORDINATOR_ADDRESS", "SLURM_JOB_ID")):
         import jax
         jax.distributed.initialize()
-
-
-def main_args():
-    return sys.argv[1:]

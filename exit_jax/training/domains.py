@@ -19,6 +19,8 @@ class Domain:
     eval_tasks: tuple  # held-out tasks for self-improvement evaluation
     make_env: Callable[[Task], Env]
     stop_strings: tuple = ()  # end a reply early on the host (tool-use tags)
+    # The test-time environment when it differs from training's (tool use: every request, 60 replies).
+    make_eval_env: Optional[Callable[[Task], Env]] = None
     multi_turn: bool = False
     eval_steps: int = 16  # K of the inference-time self-improvement evaluation (paper: 16 math/MLE)
 
@@ -61,9 +63,10 @@ def tool_use(protocol: str = "json_tag", train_user_turns: Optional[int] = 1,
     held_out = split.split_entries("test")[:num_eval]
     make_env = functools.partial(bfcl.MultiTurnEnv, protocol=protocol, max_user_turns=train_user_turns,
                                  max_responses=train_max_responses)
+    make_eval_env = functools.partial(bfcl.MultiTurnEnv, protocol=protocol, max_responses=eval_max_responses)
     stops = tuple(bfcl.STOP_STRINGS[protocol])
     return Domain("tool_use", tuple(train), tuple(held_out), make_env, stop_strings=stops,
-                  multi_turn=True, eval_steps=4)
+                  make_eval_env=make_eval_env, multi_turn=True, eval_steps=4)
 
 
 def mle(train_ids: Optional[Sequence[str]] = None, eval_ids: Optional[Sequence[str]] = None,

@@ -7,7 +7,6 @@ WORKDIR/eval.json plus PNG plots of the curves and of the curriculum statistics 
 from __future__ import annotations
 
 import concurrent.futures
-import functools
 import logging
 import os
 from typing import Optional
@@ -39,10 +38,7 @@ def evaluate_policy(policy, domain: Domain, num_tasks: Optional[int] = None, K: 
                                        group_of=lambda t: t.data.get("family", "all"), on_step=progress)
         return {"self_improvement": result}
     if domain.name == "tool_use":
-        from exit_jax.envs.tool_use import bfcl
-        # Test time: every user request, up to 60 responses (paper_notes §9).
-        make_env = functools.partial(bfcl.MultiTurnEnv, protocol=domain.make_env.keywords["protocol"],
-                                     max_responses=60)
+        make_env = domain.make_eval_env or domain.make_env
         return {"self_improvement": multi_turn.evaluate_multi_turn(policy, tasks, make_env, K=K, n=n,
                                                                    on_step=progress)}
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
@@ -52,8 +48,8 @@ def evaluate_policy(policy, domain: Domain, num_tasks: Optional[int] = None, K: 
 
 def final_evaluation(policy, domain: Domain, workdir: str, method: str, seed: int = 0,
                      num_tasks: Optional[int] = 16, K: Optional[int] = None, n: int = 8,
-                     iteration: Optional[int] = None) -> str:
-    """Evaluates, writes WORKDIR/eval.json and the plots; returns the eval.json path."""
+                     iteration: Optional[int] = None) -> dict:
+    """Evaluates, writes WORKDIR/eval.json and the plots; returns the eval.json record."""
     results = evaluate_policy(policy, domain, num_tasks=num_tasks, K=K, n=n)
     record = eval_json.make_eval_record(method, domain.name, results, seed=seed, iteration=iteration,
                                         run=os.path.basename(os.path.abspath(workdir)))
@@ -62,4 +58,4 @@ def final_evaluation(policy, domain: Domain, workdir: str, method: str, seed: in
     curriculum = plots.plot_curriculum({method: read_metrics(workdir)},
                                        os.path.join(workdir, "curriculum.png"), keys=CURRICULUM_PANELS)
     log.info("wrote %s and plots %s", path, written + ([curriculum] if curriculum else []))
-    return path
+    return record

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -209,11 +208,9 @@ def _evaluate(evaluate_fn, policy: TextPolicy, domain: Domain, run: RunConfig,
               curriculum: CurriculumConfig, iteration: int) -> dict:
     """Runs the evaluation on the current params; returns the headline curve's ends as metrics."""
     policy.calls = 0  # evaluation seeds depend only on the evaluation itself, so resumes reproduce it
-    path = evaluate_fn(policy=policy, domain=domain, workdir=run.workdir, method=curriculum.method,
-                       seed=run.seed, iteration=iteration)
+    record = evaluate_fn(policy=policy, domain=domain, workdir=run.workdir, method=curriculum.method,
+                         seed=run.seed, iteration=iteration)
     out = {}
-    with open(path, encoding="utf-8") as f:
-        record = json.load(f)
     for name, ev in record["evaluations"].items():
         curve = ev["curves"][ev["headline"]]
         out[f"eval/{name}/k0"], out[f"eval/{name}/kK"] = curve[0], curve[-1]
