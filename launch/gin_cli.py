@@ -10,7 +10,6 @@ import argparse
 import logging
 import os
 import re
-import sys
 
 import gin
 
