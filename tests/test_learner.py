@@ -106,6 +106,53 @@ def test_micro_batched_update_equals_whole_batch_gradient_step(params):
     np.testing.assert_allclose(metrics["zero_variance_frac"], 0.5)  # rewards[0] is constant
 
 
+def test_completion_window_batch_equals_full_width_batch(params):
+    """completion_mask / old_logprobs over the last W columns only (logits computed there only) give
+    the same update as the same batch written over all L columns."""
+    batch = make_batch(params)
+    w = L - 8  # make_batch's completions all start at column 8
+    assert not batch["completion_mask"][:, :L - w].any()
+    window = batch | {k: batch[k][:, L - w:] for k in ("completion_mask", "old_logprobs")}
+    cfg = cfg_for(parallel="single", micro_batch_size=2, epochs=1)
+    full_state, full = run(params, batch, cfg)
+    win_state, win = run(params, window, cfg)
+    assert max_diff(learner.host_params(win_state, cfg), learner.host_params(full_state, cfg)) < 1e-6
+    for k in ("loss", "kl", "entropy", "ratio_mean", "grad_norm"):
+        np.testing.assert_allclose(win[k], full[k], rtol=1e-5, err_msg=k)
+    logp, _ = learner.token_logprobs(params, MC, batch["tokens"], batch["input_mask"], width=w)
+    np.testing.assert_allclose(logp, logprobs_fn(
+        params, MC, batch["tokens"], batch["input_mask"])[0][:, L - w:], atol=1e-6)
+    with pytest.raises(ValueError, match="last W <= L columns"):
+        learner.place_batch(window | {"old_logprobs": batch["old_logprobs"]}, cfg)
+
+
+@pytest.mark.parametrize("parallel", ["single", "pmap"])
+def test_skipping_zero_advantage_rows_leaves_the_update_unchanged(params, parallel):
+    batch = make_batch(params)
+    batch["advantages"] = np.array(batch["advantages"])
+    batch["advantages"][5] = 0.0  # a lone zero row inside a live group
+    live = batch["advantages"] != 0
+    assert 0 < live.sum() < len(live)  # rows 0-3 are a constant-reward group
+    out = {}
+    for skip in (False, True):
+        cfg = cfg_for(parallel=parallel, kl_beta=0.0, micro_batch_size=1, epochs=1,
+                      skip_zero_advantage=skip)
+        state, metrics = run(params, batch, cfg)
+        out[skip] = (learner.host_params(state, cfg), metrics)
+    assert max_diff(out[True][0], out[False][0]) < 1e-6 and max_diff(out[True][0], params) > 1e-4
+    for k in ("loss", "pg_loss", "grad_norm"):
+        np.testing.assert_allclose(out[True][1][k], out[False][1][k], rtol=1e-5, err_msg=k)
+    np.testing.assert_allclose(out[True][1]["trained_rows_frac"], live.mean())
+    assert float(out[False][1]["trained_rows_frac"]) == 1.0
+    # Token-mean diagnostics are over the trained rows: the skipped rows' ratios are not averaged in.
+    logp, _ = logprobs_fn(params, MC, batch["tokens"], batch["input_mask"])
+    ratio = np.exp(np.asarray(logp) - batch["old_logprobs"])
+    for rows, skip in ((live, True), (slice(None), False)):
+        mask = batch["completion_mask"][rows]
+        want = (ratio[rows] * mask).sum() / mask.sum()
+        np.testing.assert_allclose(out[skip][1]["ratio_mean"], want, rtol=1e-5)
+
+
 def test_pmap_fsdp_and_fake_pmap_equal_single_device(params):
     batch = make_batch(params)
     results = {}

@@ -86,8 +86,9 @@ def test_pack_aligns_prompt_completion_and_logprobs():
     row = 3  # group 1, sample 1: prompt of 4 tokens, 3 completion tokens
     assert b["tokens"][row, 4:8].tolist() == [1, 2, 3, 4] and b["tokens"][row, 8:11].tolist() == [9, 9, 9]
     assert b["input_mask"][row].tolist() == [False] * 4 + [True] * 7 + [False]
-    assert b["completion_mask"][row].tolist() == [False] * 8 + [True] * 3 + [False]
-    np.testing.assert_array_equal(b["old_logprobs"][row, 8:11], [-3, -2, -1])
+    # completion_mask / old_logprobs cover the last N = 4 columns only (the learner's logit window)
+    assert b["completion_mask"][row].tolist() == [True] * 3 + [False]
+    np.testing.assert_array_equal(b["old_logprobs"][row], [-3, -2, -1, 0])
     assert b["advantages"].tolist()[:4] == [1.0, -1.0, 0.5, -0.5]
     assert b["advantage_multiplier"].tolist()[:4] == [2.0, 1.0, 1.0, 1.0]
     assert not b["completion_mask"][4:].any()

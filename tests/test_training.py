@@ -77,6 +77,19 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, math_domain):
     assert _stable(full) == _stable(split)
 
 
+def test_sampled_token_budget_stops_the_run_and_survives_resume(tmp_path, math_domain):
+    """Equal compute across methods: the run stops once the sampled completion tokens reach the
+    budget, whatever NUM_ITERATIONS says; a rerun with a larger budget resumes and goes on."""
+    _run(tmp_path, math_domain, "grpo", iterations=50, sampled_token_budget=100)
+    records = read_metrics(str(tmp_path))
+    totals = [r["rollout/sampled_tokens_total"] for r in records]
+    assert totals == list(np.cumsum([r["rollout/completion_tokens"] for r in records]))
+    assert totals[-1] >= 100 and (len(totals) == 1 or totals[-2] < 100) and len(totals) < 50
+    _run(tmp_path, math_domain, "grpo", iterations=50, sampled_token_budget=totals[-1] + 1)
+    more = read_metrics(str(tmp_path))
+    assert len(more) == len(records) + 1 and _stable(more[:-1]) == _stable(records)
+
+
 def test_checkpoint_from_another_config_is_refused(tmp_path, math_domain):
     _run(tmp_path, math_domain, "exit", iterations=1)
     with pytest.raises(CheckpointMismatchError, match="different run"):

@@ -136,9 +136,12 @@ def replay_episode(task: Task, make_env: MakeEnv, config: CurriculumConfig, turn
     previous = str(last["response"])
     debug = config.template == "mle" and step == "improve" and bool(last.get("failed", False))
     if config.template == "mle":
+        from exit_jax.envs.mle.env import extract_code  # lazy: pulls in pandas
         description, previews = _mle_fields(task)
         goal = "debug" if debug else step
-        text = prompts.mle_prompt(previous, description, previews, goal=goal,
+        # The template wraps the previous solution in its own code fence: show the code, as the greedy
+        # search evaluation does, not the whole reply (whose fence would nest inside the template's).
+        text = prompts.mle_prompt(extract_code(previous) or previous, description, previews, goal=goal,
                                   error_trace=str(last.get("feedback", "")))
     else:
         text = prompts.self_iteration_prompt(step, _instruction(env, context), previous)

@@ -63,6 +63,12 @@ def extract_code(reply: str) -> str:
     return mle_extract(reply) or ""
 
 
+def _error_tail(error: str, max_chars: int) -> str:
+    """The trace a debug prompt shows, cut exactly as training's stored feedback is."""
+    from exit_jax.envs.mle.grading import error_tail  # lazy: pulls in pandas and sklearn
+    return error_tail(error, max_chars)
+
+
 def outcome_of(result: StepResult, reply: str, task: Task | None = None) -> dict:
     """Reads a graded MLE step: code, validity, validation rank score (higher is better), normalized test
     score, medal, error.
@@ -225,7 +231,7 @@ def greedy_search(policy: Policy, tasks: Sequence[Task], env_factory: EnvFactory
                 nodes = searches[i][j]
                 action, parent = next_action(nodes, max_debug_depth)
                 code = nodes[parent].code if parent >= 0 else prompts.MLE_STARTER_SOLUTION
-                trace = nodes[parent].error[-error_tail_chars:] if action == "debug" else ""
+                trace = _error_tail(nodes[parent].error, error_tail_chars) if action == "debug" else ""
                 plans.append((i, j, action, parent))
                 conversations.append(iterate_conversation(openings[i], task, code, action, trace, envs[i]))
         replies = generate_checked(policy, conversations, num_samples=1)

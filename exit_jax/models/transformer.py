@@ -159,6 +159,7 @@ class Transformer(nn.Module):
     dtype: Any = jnp.float32  # compute dtype (bfloat16 on TPU/GPU)
     param_dtype: Any = jnp.float32
     remat: bool = False  # recompute each block in the backward pass (long sequences)
+    head: bool = True  # False: skip the vocabulary projection (logits None); see `project`
 
     @nn.compact
     def __call__(self, tokens, positions, mask, cache: Optional[Cache] = None, cache_index=0):
@@ -178,6 +179,8 @@ class Transformer(nn.Module):
                 new_cache[name] = layer_cache
         hidden = RMSNorm(c.rms_norm_eps, c.norm_offset, self.dtype, self.param_dtype,
                          name="final_norm")(x)
+        if not self.head:
+            return None, new_cache, hidden
         if c.tie_embeddings:
             logits = embed.attend(hidden)
         else:
@@ -215,11 +218,27 @@ def init_params(config: ModelConfig, seed: int = 0, param_dtype=jnp.float32):
 
 
 def forward(params, config: ModelConfig, tokens, input_mask=None, dtype=jnp.float32, remat=False,
-            return_hidden=False):
-    """No-cache forward pass. tokens int32 [B, T]; input_mask bool [B, T] (default: all valid)."""
+            return_hidden=False, head=True):
+    """No-cache forward pass. tokens int32 [B, T]; input_mask bool [B, T] (default: all valid).
+
+    head=False returns only the final (normed) hidden states [B, T, D], for callers that need logits
+    at a few positions: `project` them there instead of paying for all T x V.
+    """
     if input_mask is None:
         input_mask = jnp.ones(tokens.shape, bool)
-    model = Transformer(config, dtype=dtype, remat=remat)
+    model = Transformer(config, dtype=dtype, remat=remat, head=head)
     logits, _, hidden = model.apply({"params": params}, tokens, positions_from_mask(input_mask),
                                     causal_mask(input_mask))
+    if not head:
+        return hidden
     return (logits, hidden) if return_hidden else logits
+
+
+def project(params, config: ModelConfig, hidden, dtype=jnp.float32):
+    """Final hidden states [..., D] -> float32 logits [..., V], exactly as Transformer's head computes."""
+    if config.tie_embeddings:  # nn.Embed.attend: hidden @ embedding.T in the compute dtype
+        kernel = params["embed"]["embedding"].T
+    else:
+        kernel = params["lm_head"]["kernel"]
+    hidden, kernel = hidden.astype(dtype), kernel.astype(dtype)
+    return jnp.dot(hidden, kernel).astype(jnp.float32)

@@ -16,6 +16,8 @@ AGGREGATIONS = ("seq_mean_token_mean", "token_mean", "dr_grpo")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 # Metrics that add up over micro-batches and devices (each is already divided by a global normaliser).
 SUM_METRICS = ("loss", "pg_loss", "kl", "clip_low_frac", "clip_high_frac", "ratio_mean", "entropy")
+# Of those, the token-mean diagnostics (not part of the objective).
+DIAGNOSTIC_METRICS = ("kl", "clip_low_frac", "clip_high_frac", "ratio_mean", "entropy")
 
 
 def _check_choice(name: str, value: str, choices: tuple) -> None:

@@ -5,8 +5,9 @@ completion), exactly as the sampler produced them:
 
     tokens           int32 [B, L]
     input_mask       bool  [B, L]   real (non-padding) tokens
-    completion_mask  bool  [B, L]   tokens whose log-prob is trained (token t is scored by logits at t-1)
-    old_logprobs     f32   [B, L]   the sampler's log-probs, aligned like completion_mask
+    completion_mask  bool  [B, W]   tokens whose log-prob is trained (token t is scored by logits at t-1),
+                                    over the last W <= L columns of tokens: logits are computed there only
+    old_logprobs     f32   [B, W]   the sampler's log-probs, aligned like completion_mask
     advantages       f32   [B]      paper Eq. 3
     advantage_multiplier f32 [B]    optional: the diversity coefficient (paper Eq. 6)
     sample_mask      bool  [B]      optional: False drops a sample (drop_zero_variance_groups)
@@ -73,6 +74,11 @@ class LearnerConfig:
     param_dtype: str = "float32"
     remat: bool = False  # recompute each layer in the backward pass
     compute_entropy: bool = True  # an extra pass over the logits, for the entropy metric only
+    # With kl_beta == 0 a row whose advantage is 0 (every row of a constant-reward group, and padding
+    # rows) contributes exactly nothing to the loss or the gradient: gather the other rows into the
+    # first micro-batches and skip the forward/backward of micro-batches without any. The update is
+    # unchanged; token-mean diagnostics (ratio, clip fractions, entropy) then cover the trained rows.
+    skip_zero_advantage: bool = True
     parallel: str = "single"
 
     def __post_init__(self):
@@ -125,26 +131,35 @@ def init_state(params, cfg: LearnerConfig) -> TrainState:
 
 
 def token_logprobs(params, model_config: ModelConfig, tokens, input_mask, temperature: float = 1.0,
-                   dtype=jnp.float32, remat: bool = False, with_entropy: bool = False):
+                   dtype=jnp.float32, remat: bool = False, with_entropy: bool = False,
+                   width: Optional[int] = None):
     """log softmax(logits / temperature) of each token given its prefix, as the sampler computes it.
 
-    tokens int32 [B, L], input_mask bool [B, L] -> logp f32 [B, L] (column 0 is 0: nothing predicts it),
-    and with_entropy: the entropy [B, L] of the distribution each token was drawn from (no gradient).
+    tokens int32 [B, L], input_mask bool [B, L] -> logp f32 [B, W] for the last W = `width` columns
+    (default L; column 0 is then 0: nothing predicts it), and with_entropy: the entropy [B, W] of the
+    distribution each token was drawn from (no gradient). The vocabulary projection runs only where a
+    scored token is predicted: with the completion as the last W of L columns this skips the prompt's
+    share of the head, the largest single matmul of a small model (49k x 576 for SmolLM2).
     """
-    logits = transformer.forward(params, model_config, tokens, input_mask, dtype=dtype, remat=remat)
-    if temperature != 1.0:  # a Python float: skipping the no-op saves one [B, L, V] buffer
-        logits = logits / temperature  # [B, L, V] float32
-    lse = jax.nn.logsumexp(logits, axis=-1)  # [B, L]
-    next_tokens = jnp.concatenate([tokens[:, 1:], jnp.zeros_like(tokens[:, :1])], axis=1)
-    picked = jnp.take_along_axis(logits, next_tokens[..., None], axis=-1)[..., 0]  # [B, L]
-    shift = lambda x: jnp.concatenate([jnp.zeros_like(x[:, :1]), x[:, :-1]], axis=1)
-    logp = shift(picked - lse)
+    length = tokens.shape[1]
+    width = length if width is None else width
+    if not 0 < width <= length:
+        raise ValueError(f"width={width} must lie in [1, {length}] (the batch length).")
+    hidden = transformer.forward(params, model_config, tokens, input_mask, dtype=dtype, remat=remat,
+                                 head=False)
+    start = max(length - width, 1)  # first scored column; column 0 has no predictor
+    logits = transformer.project(params, model_config, hidden[:, start - 1:length - 1], dtype)
+    if temperature != 1.0:  # a Python float: skipping the no-op saves one [B, W, V] buffer
+        logits = logits / temperature
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    picked = jnp.take_along_axis(logits, tokens[:, start:, None], axis=-1)[..., 0]
+    pad = lambda x: jnp.pad(x, ((0, 0), (width - x.shape[1], 0)))  # the unpredicted column 0
+    logp = pad(picked - lse)
     if not with_entropy:
         return logp, None
     sg = jax.lax.stop_gradient
     probs = jnp.exp(sg(logits) - sg(lse)[..., None])
-    entropy = sg(lse) - jnp.sum(probs * sg(logits), axis=-1)  # [B, L]
-    return logp, shift(entropy)
+    return logp, pad(sg(lse) - jnp.sum(probs * sg(logits), axis=-1))
 
 
 def _psum(x, axis_name):
@@ -192,6 +207,9 @@ def _gradients(params, ref_params, batch, model_config, cfg, axis_name, num_shar
     fwd = functools.partial(token_logprobs, model_config=model_config, temperature=cfg.temperature,
                             dtype=DTYPES[cfg.compute_dtype], remat=cfg.remat)
 
+    # completion_mask / old_logprobs may cover only the last W columns of tokens (see module doc).
+    fwd = functools.partial(fwd, width=batch["completion_mask"].shape[1])
+
     def loss_fn(p, mb):
         logp, entropy = fwd(p, tokens=mb["tokens"], input_mask=mb["input_mask"],
                             with_entropy=cfg.compute_entropy)
@@ -212,23 +230,52 @@ def _gradients(params, ref_params, batch, model_config, cfg, axis_name, num_shar
             mb = jax.lax.with_sharding_constraint(mb, NamedSharding(mesh, P(AXIS)))
         (_, m), g = jax.value_and_grad(loss_fn, has_aux=True)(params, mb)
         grads = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), grads, g)
-        sums = {k: sums[k] + m[k] for k in grpo.SUM_METRICS}
-        sums["ratio_min"] = jnp.minimum(carry[1]["ratio_min"], m["ratio_min"])
-        sums["ratio_max"] = jnp.maximum(carry[1]["ratio_max"], m["ratio_max"])
+        sums = sums | {k: sums[k] + m[k] for k in grpo.SUM_METRICS}
+        sums["ratio_min"] = jnp.minimum(sums["ratio_min"], m["ratio_min"])
+        sums["ratio_max"] = jnp.maximum(sums["ratio_max"], m["ratio_max"])
         return (grads, sums), None
 
     zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
     sums = {k: jnp.zeros((), jnp.float32) for k in grpo.SUM_METRICS}
     sums.update(ratio_min=jnp.array(jnp.inf), ratio_max=jnp.array(-jnp.inf))
-    micro = jax.tree.map(lambda x: _split_micro(x, n_micro), batch)
-    (grads, metrics), _ = jax.lax.scan(body, (zeros, sums), micro)
+    skip = cfg.skip_zero_advantage and cfg.kl_beta == 0
+    live = _live_rows(batch)  # [B]
+    if skip and mesh is None:  # live rows first, in contiguous micro-batches (row order is free)
+        order = jnp.argsort(~live, stable=True)
+        batch, live = jax.tree.map(lambda x: x[order], (batch, live))
+        micro = jax.tree.map(lambda x: x.reshape((n_micro, -1) + x.shape[1:]), (batch, live))
+    else:  # FSDP keeps the strided split that spreads every micro-batch over the devices
+        micro = jax.tree.map(lambda x: _split_micro(x, n_micro), (batch, live))
+
+    def maybe_body(carry, mb_live):
+        mb, mb_live = mb_live
+        if not skip:
+            return body(carry, mb)
+        tokens = jnp.sum(mb["completion_mask"] * mb_live[:, None])
+        (grads, sums), _ = jax.lax.cond(jnp.any(mb_live), body, lambda c, _: (c, None), carry, mb)
+        return (grads, sums | {"live_tokens": sums["live_tokens"] + tokens}), None
+
+    sums["live_tokens"] = jnp.zeros((), jnp.float32)
+    (grads, metrics), _ = jax.lax.scan(maybe_body, (zeros, sums), micro)
+    live_tokens = _psum(metrics.pop("live_tokens"), axis_name)
     if axis_name is not None:
         grads = jax.lax.psum(grads, axis_name)
         metrics = {k: jax.lax.psum(metrics[k], axis_name) for k in grpo.SUM_METRICS} | {
             "ratio_min": jax.lax.pmin(metrics["ratio_min"], axis_name),
             "ratio_max": jax.lax.pmax(metrics["ratio_max"], axis_name)}
+    if skip:  # token means over the trained rows, not over rows that were never computed
+        scale = n_tok / jnp.maximum(live_tokens, 1.0)
+        metrics |= {k: metrics[k] * scale for k in grpo.DIAGNOSTIC_METRICS}
+    stats["trained_rows_frac"] = (_psum(jnp.sum(live), axis_name) / _psum(live.size, axis_name)
+                                  if skip else jnp.ones((), jnp.float32))
     grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
     return grads, metrics | stats
+
+
+def _live_rows(batch):
+    """bool [B]: rows that can move the policy-gradient loss (kept, nonzero advantage x multiplier)."""
+    adv = batch["advantages"] * batch.get("advantage_multiplier", 1.0)
+    return (adv != 0) & batch.get("sample_mask", jnp.ones(adv.shape, bool))
 
 
 def _optimizer_step(state: TrainState, batch, model_config, cfg, axis_name, num_shards, mesh):
@@ -358,6 +405,11 @@ def place_batch(batch: Batch, cfg: LearnerConfig, mesh=None) -> Batch:
         if v.shape[:1] != (rows,) or (v.ndim == 2) != (k in REQUIRED_KEYS[:4]):
             raise ValueError(f"GRPO batch field {k!r} has shape {v.shape}; expected "
                              f"{'[B, L]' if k in REQUIRED_KEYS[:4] else '[B]'} with B={rows}.")
+    length, width = batch["tokens"].shape[1], batch["completion_mask"].shape[1]
+    if batch["input_mask"].shape[1] != length or batch["old_logprobs"].shape[1] != width or width > length:
+        raise ValueError(f"GRPO batch: tokens and input_mask must be [B, L], completion_mask and "
+                         f"old_logprobs [B, W] over the last W <= L columns; got L={length}, W={width}, "
+                         f"old_logprobs {batch['old_logprobs'].shape}.")
     if cfg.parallel == "single":
         return jax.device_put(batch)
     if cfg.parallel == "pmap":

@@ -4,8 +4,9 @@ Row layout (Lp = prompt bucket, N = max_new_tokens):
 
     [ left-padded prompt (Lp) | completion tokens, then padding (N) ]
 
-`old_logprobs[:, t]` is the sampler's log-prob of `tokens[:, t]`, nonzero only where `completion_mask`
-is set, which is what `rl.learner` expects. Rows are padded up to a multiple of `row_multiple` with
+`completion_mask` and `old_logprobs` cover only the last N columns (the completions), so the learner
+computes logits there only; `old_logprobs[:, j]` is the sampler's log-prob of `tokens[:, Lp + j]`,
+nonzero only where `completion_mask` is set, which is what `rl.learner` expects. Rows are padded up to a multiple of `row_multiple` with
 masked-out rows, and Lp to a power of two, so the update compiles for few shapes.
 """
 from __future__ import annotations
@@ -27,8 +28,8 @@ def pack(segments: Sequence, advantages: np.ndarray, multipliers: np.ndarray, ma
     rows = -(-len(segments) // row_multiple) * row_multiple
     tokens = np.full((rows, width), pad_id, np.int32)
     input_mask = np.zeros((rows, width), bool)
-    completion_mask = np.zeros((rows, width), bool)
-    old_logprobs = np.zeros((rows, width), np.float32)
+    completion_mask = np.zeros((rows, max_new_tokens), bool)
+    old_logprobs = np.zeros((rows, max_new_tokens), np.float32)
     adv = np.zeros((rows,), np.float32)
     mult = np.ones((rows,), np.float32)
     sample_mask = np.zeros((rows,), bool)
@@ -41,8 +42,8 @@ def pack(segments: Sequence, advantages: np.ndarray, multipliers: np.ndarray, ma
         input_mask[i, lp - len(prompt):lp] = True
         tokens[i, lp:lp + len(completion)] = completion
         input_mask[i, lp:lp + len(completion)] = True
-        completion_mask[i, lp:lp + len(completion)] = True
-        old_logprobs[i, lp:lp + len(completion)] = c.logprobs
+        completion_mask[i, :len(completion)] = True
+        old_logprobs[i, :len(completion)] = c.logprobs
         adv[i] = advantages[seg.group, seg.sample]
         mult[i] = multipliers[seg.group, seg.sample]
         sample_mask[i] = True

@@ -3,8 +3,9 @@
     episodes (base or replay; improve or diverge) -> sampler (G samples per prompt) -> environments
     -> advantages x diversity -> GRPO update -> buffer update (S = var of group rewards) -> metrics
 
-Every iteration ends with a durable checkpoint (params, optimizer, reference, buffer, RNG); a rerun of
-the same command resumes from it and reproduces the uninterrupted run's metrics exactly (on CPU).
+Every `checkpoint_every` iterations a checkpoint (params, optimizer, reference, buffer, RNG) is written
+in the background while the next iteration runs; a rerun of the same command resumes from the last
+complete one and reproduces the uninterrupted run's metrics exactly (on CPU).
 """
 from __future__ import annotations
 
@@ -44,6 +45,9 @@ class RunConfig:
     env_workers: int = 4  # threads stepping environments (sandboxes and graders are processes)
     embedder: str = "hashed_ngram"  # diversity-bonus embedder (full ExIt only)
     eval_every: int = 0  # run evaluate_at_end every this many iterations too (0: only at the end)
+    # Stop early once this many completion tokens were sampled (0: no budget). Compares methods at equal
+    # compute: ExIt's episodes differ in length from GRPO's, so equal iterations are not equal work.
+    sampled_token_budget: int = 0
     progress: bool = True
 
     def __post_init__(self):
@@ -59,18 +63,20 @@ class HostState:
     buffer: buffer.BufferState
     rng: np.random.Generator
     seen: frozenset
+    sampled_tokens: int = 0  # completion tokens sampled so far (for RunConfig.sampled_token_budget)
 
     def to_json(self, fp: dict) -> dict:
         return {"iteration": self.iteration, "fingerprint": fp,
                 "buffer": _jsonable(buffer.state_dict(self.buffer)),
-                "rng": self.rng.bit_generator.state, "seen": sorted(self.seen)}
+                "rng": self.rng.bit_generator.state, "seen": sorted(self.seen),
+                "sampled_tokens": self.sampled_tokens}
 
     @classmethod
     def from_json(cls, d: dict) -> "HostState":
         rng = np.random.default_rng()
         rng.bit_generator.state = d["rng"]
         return cls(int(d["iteration"]), buffer.from_state_dict(_from_jsonable(d["buffer"])), rng,
-                   frozenset(d["seen"]))
+                   frozenset(d["seen"]), int(d.get("sampled_tokens", 0)))
 
 
 def _jsonable(tree: dict) -> dict:
@@ -157,7 +163,7 @@ def train(run: RunConfig, model: Any, domain: Domain, curriculum: CurriculumConf
     metrics: dict = {}
     progress = _progress(run, host.iteration)
     with concurrent.futures.ThreadPoolExecutor(run.env_workers) as pool:
-        while host.iteration < run.num_iterations:
+        while host.iteration < run.num_iterations and not _budget_spent(run, host):
             it = host.iteration
             t0 = time.perf_counter()
             buf, episodes = episodes_lib.plan(host.buffer, host.rng, domain.train_tasks, domain.make_env,
@@ -175,8 +181,10 @@ def train(run: RunConfig, model: Any, domain: Domain, curriculum: CurriculumConf
             t3 = time.perf_counter()
             buf, scores = episodes_lib.update(buf, episodes, groups, curriculum, it)
             seen = stats.update_seen(host.seen, episodes)
-            host = HostState(it + 1, buf, host.rng, seen)
-            if host.iteration % run.checkpoint_every == 0 or host.iteration == run.num_iterations:
+            host = HostState(it + 1, buf, host.rng, seen,
+                             host.sampled_tokens + int(roll_stats["rollout/completion_tokens"]))
+            if (host.iteration % run.checkpoint_every == 0 or host.iteration == run.num_iterations
+                    or _budget_spent(run, host)):
                 ckpt.save(host.iteration, _savable(state, learner), host.to_json(fp))
             t4 = time.perf_counter()
             trained_tokens = int(batch["completion_mask"].sum())
@@ -191,9 +199,10 @@ def train(run: RunConfig, model: Any, domain: Domain, curriculum: CurriculumConf
                 "time/buffer_checkpoint_s": t4 - t3, "time/iteration_s": t4 - t0,
                 "throughput/sampled_tokens_per_s": roll_stats["rollout/completion_tokens"] / (t2 - t1),
                 "throughput/trained_tokens_per_s": trained_tokens / (t3 - t2),
+                "rollout/sampled_tokens_total": host.sampled_tokens,
             }
             if run.eval_every and evaluate_at_end is not None and host.iteration % run.eval_every == 0 \
-                    and host.iteration < run.num_iterations:
+                    and host.iteration < run.num_iterations and not _budget_spent(run, host):
                 metrics.update(_evaluate(evaluate_at_end, policy, domain, run, curriculum, host.iteration))
             writer.write(it, metrics)
             progress(it, metrics)
@@ -215,6 +224,10 @@ def _evaluate(evaluate_fn, policy: TextPolicy, domain: Domain, run: RunConfig,
         curve = ev["curves"][ev["headline"]]
         out[f"eval/{name}/k0"], out[f"eval/{name}/kK"] = curve[0], curve[-1]
     return out
+
+
+def _budget_spent(run: RunConfig, host: HostState) -> bool:
+    return 0 < run.sampled_token_budget <= host.sampled_tokens
 
 
 def _sampling_params(state, learner: learner_lib.LearnerConfig):
