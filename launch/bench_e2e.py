@@ -9,7 +9,7 @@ P*G batch (clip 0.2, beta 0 so no reference model, per-sequence token-mean loss,
 accumulating gradients over --micro-batch rows at a time (TRL: steps_per_generation = accumulation
 steps, so no extra old-log-prob pass; ours takes the sampler's log-probs). The first --warmup
 iterations (our jit compiles, torch's first calls) are reported apart; the rest give medians. Our
-prompts pad to a power-of-two bucket (--min-bucket), TRL's to the batch's longest prompt. Each side
+prompts pad to a bucket (sampling.prompt_bucket, >= --min-bucket), TRL's to the batch's longest prompt. Each side
 draws its own prompts from the same task set. Ratios: > 1 means exit_jax is faster. On a shared host
 read min_iteration_s too: torch's iterations slowed 3-10x whenever another process used the cores.
 """
@@ -104,8 +104,8 @@ def main():
             ("--prompts", 4, "P: prompts per iteration"), ("--group", 4, "G: samples per prompt"),
             ("--max-new-tokens", 64, "N"), ("--warmup", 1, "untimed first iterations"),
             ("--timed", 3, "timed iterations"), ("--num-train", 256, "math tasks to draw prompts from"),
-            # Level 1-2 prompts are 47-87 tokens: one 128 bucket = one compile, not one per bucket seen.
-            ("--min-bucket", 128, "our smallest prompt-length bucket"), ("--lr", 1e-6, "learning rate"),
+            # Level 1-2 prompts are 47-87 tokens: one 96 bucket = one compile, not one per bucket seen.
+            ("--min-bucket", 96, "our smallest prompt-length bucket"), ("--lr", 1e-6, "learning rate"),
             # Both sides accumulate gradients over this many rows: all 16 x 192 at once takes > 10 GB
             # in our learner, more than this shared host has to spare.
             ("--micro-batch", 4, "rows per forward/backward pass"), ("--seed", 0, "seed"),

@@ -146,14 +146,18 @@ def _decode_impl(spec: SamplerSpec, params, state: SamplingState) -> SamplingSta
 
 
 def prompt_bucket(n: int, min_bucket: int) -> int:
-    """Smallest power of two >= max(n, min_bucket): few distinct shapes, at most 2x padding."""
-    return 1 << (max(int(n), int(min_bucket), 1) - 1).bit_length()
+    """Smallest bucket >= max(n, min_bucket), buckets being 2^k and 3 * 2^(k-1) (..., 64, 96, 128, 192,
+    256, 384, ...): two compiled shapes per octave, at most 1.5x padding (powers of two alone cost up
+    to 2x, and every padded column is paid for in the sampler's prefill and in the update)."""
+    n = max(int(n), int(min_bucket), 1)
+    power = 1 << (n - 1).bit_length()
+    return power * 3 // 4 if power >= 4 and power * 3 // 4 >= n else power
 
 
 class Sampler:
     """Reusable jitted sampler; build once, call every iteration with fresh params and prompts.
 
-    Prompt lengths are padded to power-of-two buckets (>= min_bucket); the number of prompts P is
+    Prompt lengths are padded to `prompt_bucket`s (>= min_bucket); the number of prompts P is
     padded to a multiple of the mesh's data axis. A new (P, bucket) pair compiles once; knobs,
     prompts of the same bucket and new params do not recompile.
     """
@@ -234,7 +238,7 @@ def generate(lm, prompts: Sequence[Sequence[int]], num_samples: int = 1, max_new
     """Sample `num_samples` completions per prompt. lm: anything with .config, .params, .dtype and
     .tokenizer (.eos_ids, .pad_id, and .decode when stop_strings are given).
 
-    The cap is max_new_tokens rounded up to a power of two, so nearby budgets share one compile.
+    The cap is max_new_tokens rounded up to a bucket, so nearby budgets share one compile.
     """
     cap = prompt_bucket(max_new_tokens, 16)
     sampler = Sampler(lm.config, num_samples=num_samples, max_new_tokens=cap,

@@ -30,7 +30,7 @@ class SamplingConfig:
     temperature: float = 1.0  # paper_notes §13: training sampling temperature 1.0
     top_k: int = 0
     top_p: float = 1.0
-    min_bucket: int = 64  # smallest prompt-length bucket (prompts pad to powers of two above it)
+    min_bucket: int = 64  # smallest prompt-length bucket (sampling.prompt_bucket: 64, 96, 128, 192...)
 
     def __post_init__(self):
         if self.max_new_tokens < 1 or self.max_prompt_tokens < 1:
