@@ -1,0 +1,192 @@
+"""The supervised warm start: the math corpus grades as labelled and asks what training and evaluation
+ask; SFT masks, batches, lowers the loss; the saved model loads back identically; the launcher caches."""
+import importlib.util
+import os
+
+import chex
+import numpy as np
+import pytest
+
+from exit_jax import models
+from exit_jax.curriculum import prompts
+from exit_jax.envs import math as math_env
+from exit_jax.evaluation.self_improve import improve_conversation
+from exit_jax.pretrain import math_corpus as mc
+from exit_jax.pretrain import sft
+from exit_jax.training import domains
+from exit_jax.training.policy import SamplingConfig, TextPolicy
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = sft.study_config(vocab_size=400, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
+                        name="tiny-sft")
+
+
+@pytest.fixture(scope="module")
+def every_family():
+    """Two tasks of every family and level: parsed traces and the bare-answer fallback both appear."""
+    return domains.math(num_train=90, num_eval=1, seed=3)
+
+
+@pytest.fixture(scope="module")
+def study_tasks():
+    return domains.math(num_train=48, num_eval=1, families=("arith", "linear_eq", "number_theory", "word"),
+                        levels=(1, 2), seed=5)
+
+
+def _grades(tasks, replies):
+    return [r.reward for r in math_env.grade_tasks(tasks, replies)]
+
+
+def test_replies_grade_as_labelled(every_family):
+    rng = np.random.default_rng(0)
+    tasks, replies, labels = [], [], []
+    prev_cfg = mc.CorpusConfig()
+    for task in every_family.train_tasks:
+        for right in (True, False):
+            attempt = mc.attempt_reply(task, rng, right)
+            revised, revised_right = mc.revision(task, rng, attempt, right, prev_cfg)
+            divergent = mc.divergent_reply(task, rng, right)
+            tasks += [task] * 3
+            replies += [attempt, revised, divergent]
+            labels += [float(right), float(revised_right), float(right)]
+        drill = mc.drill_task(task, rng)
+        if drill is not None:
+            tasks.append(drill)
+            replies.append(mc.attempt_reply(drill, rng, True))
+            labels.append(1.0)
+    assert _grades(tasks, replies) == labels
+    assert all(r.endswith("}.") and r.count("\\boxed{") == 1 for r in replies)
+
+
+def test_parsed_working_reproduces_the_gold_answer(study_tasks):
+    # The default study families all get a worked trace (else the tiny model sees bare answers only).
+    for task in study_tasks.train_tasks:
+        sol = mc.solution(task)
+        assert sol is not None, task.data["problem"]
+        assert mc._answer(mc._run(sol.ops), sol.out) == mc._gold(task)
+
+
+def test_examples_are_labelled_and_prompted_like_training_and_evaluation(study_tasks):
+    tasks = study_tasks.train_tasks
+    examples = mc.examples(tasks, study_tasks.make_env, np.random.default_rng(1), 120)
+    assert {e.kind for e in examples} == set(mc.KINDS)
+    by_problem = {t.data["problem"]: t for t in tasks}
+    graded_tasks, replies, labels = [], [], []
+    for ex in examples:
+        text = ex.messages[-1]["content"]
+        if ex.kind == "drill":
+            assert text.startswith("Compute $")
+            continue
+        if ex.kind == "attempt":
+            task = by_problem[text]
+            assert ex.messages == study_tasks.make_env(task).reset()
+        else:
+            request, previous = text.split("## Request:\n", 1)[1].split("\n\n## Current response:\n", 1)
+            if ex.kind == "diverge":
+                previous = previous.split("\n\n## Your new response format:")[0]
+            task = by_problem[request]
+            env = study_tasks.make_env(task)
+            opening = env.reset()
+            if ex.kind == "improve":  # exactly the evaluation's self-improvement conversation
+                assert ex.messages == improve_conversation(opening, env.instruction(), previous)
+            else:
+                assert ex.messages == [*opening[:-1], {"role": "user",
+                                                       "content": prompts.diverge_prompt(task.data["problem"],
+                                                                                         previous)}]
+        graded_tasks.append(task)
+        replies.append(ex.target)
+        labels.append(ex.reward)
+    assert _grades(graded_tasks, replies) == labels
+    assert 0.2 < np.mean(labels) < 0.9  # imperfect on purpose: RL needs reward variance
+
+
+def test_self_iteration_messages_keep_a_system_prompt(study_tasks):
+    task = study_tasks.train_tasks[0]
+    make_env = lambda t: math_env.MathEnv(t, system_prompt="Be brief.")
+    env = make_env(task)
+    msgs = mc.self_iteration_messages(task, make_env, "The answer is \\boxed{3}.", "improve")
+    assert msgs == improve_conversation(env.reset(), env.instruction(), "The answer is \\boxed{3}.")
+    assert msgs[0] == {"role": "system", "content": "Be brief."}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, study_tasks):
+    examples = mc.examples(study_tasks.train_tasks, study_tasks.make_env, np.random.default_rng(2), 48)
+    lm = sft.build_lm(examples, TINY, str(tmp_path_factory.mktemp("tok")), seed=0)
+    return lm, examples
+
+
+def test_encoding_weights_the_reply_and_end_of_turn_only(tiny):
+    lm, examples = tiny
+    tok = lm.tokenizer
+    policy = TextPolicy(lm, SamplingConfig(max_prompt_tokens=2048))
+    for ex in examples[:8]:
+        ids, weights = sft.encode(tok, ex, max_len=2048)
+        n_prompt = int((weights == 0).sum())
+        assert list(ids[:n_prompt]) == policy.encode(ex.messages)[0]  # the prompt the sampler will see
+        assert (weights[n_prompt:] == 1).all()
+        reply = list(ids[n_prompt:])
+        assert reply[-1] in tok.eos_ids and tok.decode(reply[:-1]) == ex.target
+    # A prompt longer than the room is cut from the left, like TextPolicy.encode.
+    ids, weights = sft.encode(tok, examples[0], max_len=int((sft.encode(tok, examples[0], 2048)[1]).sum()) + 5)
+    assert int((weights == 0).sum()) == 5
+
+
+def test_batches_have_one_shape_per_bucket(tiny):
+    lm, examples = tiny
+    config = sft.SFTConfig(steps=1, tokens_per_batch=512, buckets=(64, 128, 256))
+    encoded = sft.encode_all(lm.tokenizer, examples, 256)
+    stream = sft.batches(encoded, config, lm.tokenizer.pad_id, np.random.default_rng(0))
+    shapes = {next(stream)["tokens"].shape for _ in range(20)}
+    assert shapes <= {(8, 64), (4, 128), (2, 256)}
+
+
+def test_sft_lowers_the_loss_and_round_trips(tiny, tmp_path):
+    lm, examples = tiny
+    config = sft.SFTConfig(steps=40, learning_rate=3e-3, warmup_steps=4, tokens_per_batch=512,
+                           buckets=(64, 128, 256), log_every=1000)
+    encoded = sft.encode_all(lm.tokenizer, examples, 256)
+    pad = lm.tokenizer.pad_id
+    before = sft.mean_loss(lm.params, lm.config, encoded, config, pad)
+    result = sft.train(lm.params, lm.config, encoded, config, pad, log=None)
+    after = sft.mean_loss(result.params, lm.config, encoded, config, pad)
+    assert len(result.losses) == 40 and after < 0.7 * before, (before, after)
+
+    trained = lm.__class__(config=lm.config, params=result.params, tokenizer=lm.tokenizer, dtype=lm.dtype,
+                           generation_config=lm.generation_config)
+    models.save_orbax(trained, str(tmp_path / "m"))
+    loaded = models.load(str(tmp_path / "m"))
+    assert loaded.config == trained.config
+    text = loaded.tokenizer.apply_chat_template(examples[0].messages, add_generation_prompt=True)
+    ids = loaded.tokenizer.encode(text)
+    assert ids == trained.tokenizer.encode(text) and loaded.tokenizer.eos_ids == trained.tokenizer.eos_ids
+    chex.assert_trees_all_close(loaded.logits(np.asarray([ids])), trained.logits(np.asarray([ids])))
+
+
+def _launcher():
+    spec = importlib.util.spec_from_file_location("pretrain_launcher", os.path.join(REPO, "launch", "pretrain.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_launcher_builds_once_and_rebuilds_on_a_new_config(tmp_path, capsys):
+    launcher = _launcher()
+    out = str(tmp_path / "pretrained")
+    argv = ["--out", out, "--examples", "48", "--corpus_tasks", "48", "--steps", "2", "--vocab", "400",
+            "--d_model", "32", "--layers", "1", "--heads", "2", "--ffn", "64", "--eval_tasks", "0",
+            "--tokens_per_batch", "1024"]
+    assert launcher.main(argv) == 0
+    lm = models.load(out)
+    assert lm.config.num_layers == 1 and os.path.exists(os.path.join(out, "pretrain.json"))
+    stamp = os.path.getmtime(os.path.join(out, "exit_jax_model.json"))
+    capsys.readouterr()
+    assert launcher.main(argv) == 0
+    assert "skipping" in capsys.readouterr().out
+    assert os.path.getmtime(os.path.join(out, "exit_jax_model.json")) == stamp
+    assert launcher.main(argv[:-1] + ["512"]) == 0  # a different configuration rebuilds
+    assert "rebuilding" in capsys.readouterr().out
+    assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("mine")
+    assert launcher.main(["--out", str(tmp_path / "foreign")] + argv[2:]) == 2
