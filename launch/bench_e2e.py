@@ -124,6 +124,8 @@ def main():
         p.error(f"--sides={a.sides!r}: expected a comma-separated list of exit_jax and trl.")
     if (a.prompts * a.group) % a.micro_batch:
         p.error(f"--micro-batch={a.micro_batch} must divide prompts x group = {a.prompts * a.group}.")
+    import gin_cli
+    gin_cli.tune_malloc()  # as launch/train.py does; the whole process, so both sides get it
     import jax, torch, transformers  # noqa: E401
     from exit_jax import models
     from exit_jax.training import domains

@@ -24,6 +24,7 @@ def main(argv):
     args.gin_bindings.append("loop.RunConfig.keep_checkpoints = None")
     gin_cli.maybe_initialize_distributed()
     gin_cli.enable_compilation_cache()
+    gin_cli.tune_malloc()
     gin_cli.parse(args)
     from exit_jax.training import loop
     gin_cli.call(loop.train)

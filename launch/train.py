@@ -19,6 +19,7 @@ def main(argv):
     args = gin_cli.parse_args(argv, __doc__)
     gin_cli.maybe_initialize_distributed()
     gin_cli.enable_compilation_cache()
+    gin_cli.tune_malloc()
     gin_cli.parse(args)
     from exit_jax.training import loop
     workdir = loop.resolve_workdir(gin.query_parameter("%WORKDIR"), gin.query_parameter("%DOMAIN"),
