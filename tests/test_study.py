@@ -1,0 +1,241 @@
+"""The CPU study runner (issue 9): cpu_study.json shape, Table-1 statistics, skipping, one tiny real run."""
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from exit_jax.evaluation import study, study_report
+from exit_jax.evaluation.eval_json import make_eval_record, write_eval_json
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load_launcher():
+    spec = importlib.util.spec_from_file_location("study_launcher", os.path.join(REPO, "launch", "study.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _math_eval(method, seed, accuracy, net=None, n=2, num_tasks=4):
+    K = len(accuracy) - 1
+    ev = {"kind": "self_improve", "K": K, "n": n, "num_tasks": num_tasks, "headline": "accuracy",
+          "curves": {"accuracy": accuracy, "net_corrections": net or [0.0] * (K + 1),
+                     "macro_accuracy": accuracy}}
+    return make_eval_record(method, "math", {"self_improvement": ev}, seed=seed, iteration=3)
+
+
+def _mle_eval(method, seed, score):
+    K = len(score) - 1
+    ev = {"kind": "greedy_search", "K": K, "n": 1, "num_tasks": 3, "headline": "normalized_score",
+          "curves": {"normalized_score": score, "medal_rate": [0.0] * (K + 1), "valid_rate": [1.0] * (K + 1)}}
+    return make_eval_record(method, "mle", {"greedy_search": ev}, seed=seed, iteration=3)
+
+
+def _metrics(workdir, rows):
+    with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+        f.writelines(json.dumps({"iteration": i, **row}) + "\n" for i, row in enumerate(rows))
+
+
+def _fake_run(spec, record, metric_rows=()):
+    os.makedirs(spec.workdir, exist_ok=True)
+    write_eval_json(spec.eval_path, record)
+    if metric_rows:
+        _metrics(spec.workdir, metric_rows)
+
+
+def test_aggregate_has_exactly_the_issue_shape(tmp_path):
+    specs = study.plan_runs(str(tmp_path), ["math", "mle"], ["grpo", "exit"], [0, 1])
+    rows = [{"reward/mean": 0.1, "rollout/sampled_tokens_total": 100, "time/iteration_s": 1.5,
+             "curriculum/sampled_depth": "nan", "curriculum/replay_fraction": 0.0,
+             "curriculum/distinct_instances_seen": 8},
+            {"reward/mean": 0.3, "rollout/sampled_tokens_total": 210, "time/iteration_s": 1.0,
+             "curriculum/sampled_depth": 1.0, "curriculum/replay_fraction": 0.5,
+             "curriculum/distinct_instances_seen": 14}]
+    for spec in specs:
+        if spec.name == "mle/exit/seed1":
+            continue  # unfinished: no eval.json, so it is left out
+        if spec.domain == "math":
+            record = _math_eval(spec.method, spec.seed, [0.25, 0.5, 0.75], net=[0.0, 0.5, 1.0])
+        else:
+            record = _mle_eval(spec.method, spec.seed, [0.1, float("nan"), 0.3])
+        _fake_run(spec, record, rows)
+    out = study.aggregate(list(reversed(specs)))  # seeds come back sorted whatever the order
+    assert set(out) == {"math", "mle"}
+    assert set(out["math"]) == {"grpo", "exit"} and set(out["mle"]) == {"grpo", "exit"}
+    assert [r["seed"] for r in out["math"]["exit"]] == [0, 1]
+    assert [r["seed"] for r in out["mle"]["exit"]] == [0]
+    for methods in out.values():
+        for records in methods.values():
+            for r in records:
+                assert isinstance(r["seed"], int)
+                assert all(v is None or isinstance(v, float) for v in r["accuracy_by_k"])
+                assert len(r["accuracy_by_k"]) == 3
+    math_rec = out["math"]["grpo"][0]
+    assert math_rec["accuracy_by_k"] == [0.25, 0.5, 0.75]
+    assert math_rec["net_corrections_by_k"] == [0.0, 0.5, 1.0]
+    assert out["mle"]["grpo"][1]["accuracy_by_k"] == [0.1, None, 0.3]  # NaN never reaches the JSON
+    assert out["mle"]["grpo"][1]["metric"] == "normalized_score"
+    assert math_rec["training"] == {"iterations": 2, "sampled_tokens": 210, "train_time_s": 2.5,
+                                    "reward_start": 0.1, "reward_end": 0.3}
+    cur = math_rec["curriculum"]
+    assert cur["sampled_depth_mean"] == 1.0 and cur["replay_fraction_mean"] == 0.25
+    assert cur["distinct_instances_seen"] == 14.0
+    path = study.write_json(str(tmp_path / "results" / "cpu_study.json"), out)
+    with open(path) as f:
+        assert json.load(f) == out  # strict JSON (allow_nan=False) round trip
+
+
+def _records(k0s, kKs, K=16):
+    return [{"seed": s, "K": K, "accuracy_by_k": [a] + [None] * (K - 1) + [b]}
+            for s, (a, b) in enumerate(zip(k0s, kKs))]
+
+
+def test_table_mean_and_standard_error_match_hand_computation():
+    # k=0: 10, 20, 30 % -> mean 20, SE = 10 / sqrt(3) = 5.77; k=16: 20, 30, 70 -> mean 40,
+    # SE = sqrt(700) / sqrt(3) = 15.28; Δ: 10, 10, 40 -> mean 20, SE = sqrt(300) / sqrt(3) = 10.0.
+    methods = {"grpo": _records([0.2, 0.2, 0.2], [0.2, 0.2, 0.2]),
+               "exit": _records([0.1, 0.2, 0.3], [0.2, 0.3, 0.7])}
+    assert study.mean_sem([0.1, 0.2, 0.3]) == pytest.approx((0.2, 0.1 / math.sqrt(3)))
+    assert study.mean_sem([0.5]) == (0.5, 0.0)
+    assert all(math.isnan(v) for v in study.mean_sem([None, float("nan")]))
+    table = "\n".join(study_report.score_table("math", methods))
+    exit_row = next(line for line in table.splitlines() if "Full ExIt" in line)
+    cells = [c.strip() for c in exit_row.strip("|").split("|")]
+    assert cells[1:5] == ["3", "20.0 ± 5.8", "40.0 ± 15.3", "+20.0 ± 10.0"]
+    assert cells[5:8] == ["18.4", "20.4", "+2.0"]  # the paper's Table 1 numbers beside ours
+    grpo_row = next(line for line in table.splitlines() if line.startswith("| GRPO"))
+    assert "20.0 ± 0.0" in grpo_row and "+0.0 ± 0.0" in grpo_row
+    # Difference to GRPO: 40 - 20 = +20 at k=16 with SE hypot(15.28, 0) and z = 20 / 15.28 = 1.3.
+    versus = "\n".join(study_report.versus_table(methods))
+    assert "+20.0 ± 15.3, +1.3 SE" in versus and "+20.0 ± 10.0, +2.0 SE" in versus
+
+
+def test_single_seed_and_missing_values_are_shown_plainly():
+    methods = {"base": _records([0.5], [0.25], K=2)}
+    row = study_report.score_table("mle", methods)[2]
+    assert "| 50.0 | 25.0 | -25.0 |" in row and "2 → 4" in row
+    assert study.fmt([]) == "n/a"
+
+
+def test_tables_markdown_has_every_section(tmp_path):
+    rec = {"seed": 0, "K": 2, "n": 2, "num_tasks": 4, "accuracy_by_k": [0.25, 0.5, 0.5],
+           "net_corrections_by_k": [0.0, 1.0, 1.0],
+           "training": {"iterations": 3, "sampled_tokens": 900, "reward_start": 0.1, "reward_end": 0.2},
+           "curriculum": {"distinct_instances_seen": 10.0, "sampled_depth_mean": 1.5}}
+    text = study_report.tables_markdown({"math": {"grpo": [rec], "exit": [dict(rec, seed=1)]}}, "quick")
+    for needle in ("## math", "Difference to GRPO", "Net corrections", "Curriculum statistics",
+                   "| + diversity bonus (Full ExIt) | 3 | 1 |", "≈ 160–170", "| 1.26 |"):
+        assert needle in text, needle
+    # net corrections: 1.0 per chain over 4 problems = +25 % of problems
+    assert "| +1.00 | +25.0 |" in text
+
+
+def test_plan_order_and_commands(tmp_path):
+    specs = study.plan_runs(str(tmp_path), ["math", "mle"], ["base", "exit"], [0, 1])
+    assert [s.name for s in specs[:4]] == ["math/base/seed0", "math/exit/seed0", "mle/base/seed0",
+                                           "mle/exit/seed0"]
+    assert specs[0].workdir == os.path.join(str(tmp_path), "math", "base", "seed0")
+    base = study.train_command(specs[0], "study/math.gin", "/m", "py", "train.py", bindings=["A=1"])
+    assert base == ["py", "train.py", "--gin_file=study/math.gin", "--gin_file=grpo.gin", "--gin.MODEL='/m'",
+                    f"--gin.WORKDIR='{specs[0].workdir}'", "--gin.SEED=0", "--gin.NUM_ITERATIONS=0",
+                    "--gin.A=1"]
+    ex = study.train_command(specs[5], "study/mle.gin", "smoke", "py", "train.py", ["study/models_mle.gin"])
+    assert ex[2:5] == ["--gin_file=study/mle.gin", "--gin_file=study/models_mle.gin", "--gin_file=exit.gin"]
+    assert "--gin.SEED=1" in ex and not any("NUM_ITERATIONS" in a for a in ex)
+    with pytest.raises(ValueError, match="unknown"):
+        study.parse_list("grpo,exitt", study.METHODS, "methods")
+
+
+def test_finished_runs_are_skipped_and_the_rest_run(tmp_path, monkeypatch):
+    launcher = _load_launcher()
+    root = tmp_path / "root"
+    done = study.plan_runs(str(root / "quick"), ["math"], ["grpo"], [0])[0]
+    _fake_run(done, _math_eval("grpo", 0, [0.5, 0.5, 0.5]))
+    calls = []
+
+    def fake_call(cmd, log_path):
+        calls.append(cmd)
+        workdir = next(a for a in cmd if a.startswith("--gin.WORKDIR=")).split("=", 1)[1].strip("'")
+        seed = int(next(a for a in cmd if a.startswith("--gin.SEED=")).split("=")[1])
+        write_eval_json(os.path.join(workdir, "eval.json"), _math_eval("exit", seed, [0.25, 0.5, 0.75]))
+        return 0
+
+    monkeypatch.setattr(launcher, "call", fake_call)
+    out = tmp_path / "res" / "cpu_study.json"
+    rc = launcher.main(["--preset", "quick", "--domains", "math", "--methods", "grpo,exit", "--seeds", "0",
+                        "--root", str(root), "--out", str(out), "--model", "smoke"])
+    assert rc == 0
+    assert len(calls) == 1 and "--gin_file=exit.gin" in calls[0]  # the finished GRPO run was skipped
+    assert "--gin_file=study/math_quick.gin" in calls[0] and "--gin.MODEL='smoke'" in calls[0]
+    results = json.loads(out.read_text())
+    assert set(results["math"]) == {"grpo", "exit"}
+    meta = json.loads((out.parent / "cpu_study_meta.json").read_text())
+    assert [r["finished"] for r in meta["runs"]] == [True, True] and meta["failed"] == []
+    assert (out.parent / "cpu_study_tables.md").exists() and (out.parent / "math_score_vs_k.png").exists()
+    # A second invocation finds everything finished and runs nothing.
+    rc = launcher.main(["--preset", "quick", "--domains", "math", "--methods", "grpo,exit", "--seeds", "0",
+                        "--root", str(root), "--out", str(out), "--model", "smoke"])
+    assert rc == 0 and len(calls) == 1
+
+
+def test_a_failed_run_is_reported_and_the_study_goes_on(tmp_path, monkeypatch):
+    launcher = _load_launcher()
+    monkeypatch.setattr(launcher, "call", lambda cmd, log_path: 3)
+    out = tmp_path / "res" / "cpu_study.json"
+    rc = launcher.main(["--preset", "quick", "--domains", "math", "--methods", "grpo,exit", "--seeds", "0",
+                        "--root", str(tmp_path / "root"), "--out", str(out), "--model", "smoke"])
+    assert rc == 1
+    meta = json.loads((out.parent / "cpu_study_meta.json").read_text())
+    assert meta["failed"] == ["math/grpo/seed0", "math/exit/seed0"]
+    assert [r["rc"] for r in meta["runs"]] == [3, 3]
+    assert json.loads(out.read_text()) == {}
+
+
+@pytest.mark.slow
+def test_end_to_end_on_the_smoke_model(tmp_path):
+    out = tmp_path / "results" / "cpu_study.json"
+    cmd = [sys.executable, os.path.join(REPO, "launch", "study.py"), "--preset", "quick", "--domains", "math",
+           "--methods", "exit", "--seeds", "0", "--model", "smoke", "--root", str(tmp_path / "runs"),
+           "--out", str(out), "--gin", "loop.RunConfig.sampled_token_budget=1",
+           "--gin", "loop.RunConfig.prompts_per_iteration=2", "--gin", "domains.math.num_train=16",
+           "--gin", "policy.SamplingConfig.max_new_tokens=16", "--gin", "study.final_evaluation.K=1",
+           "--gin", "study.final_evaluation.n=2", "--gin", "study.final_evaluation.num_tasks=4"]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    results = json.loads(out.read_text())
+    (record,) = results["math"]["exit"]
+    assert record["seed"] == 0 and len(record["accuracy_by_k"]) == 2  # K = 1
+    assert record["training"]["iterations"] == 1  # the 1-token budget stops after one iteration
+    assert record["n"] == 2 and record["num_tasks"] == 4
+    config = (tmp_path / "runs" / "quick" / "math" / "exit" / "seed0" / "config.gin").read_text()
+    assert "loop.RunConfig.sampled_token_budget = 1" in config and "METHOD = 'exit'" in config
+
+
+class _RecordingPolicy:
+    def __init__(self):
+        self.calls = []
+
+    def generate(self, conversations, num_samples=1):
+        self.calls.append((len(conversations), num_samples))
+        return [[f"{c[0]['content']}#{j}" for j in range(num_samples)] for c in conversations]
+
+
+def test_chunked_policy_keeps_order_and_one_batch_shape():
+    inner = _RecordingPolicy()
+    policy = study.ChunkedPolicy(inner, max_rows=8)
+    convs = [[{"role": "user", "content": str(i)}] for i in range(10)]
+    out = policy.generate(convs, num_samples=1)
+    assert out == [[f"{i}#0"] for i in range(10)]
+    assert inner.calls == [(8, 1), (8, 1)]  # the last chunk is padded to the same shape
+    out = policy.generate(convs[:3], num_samples=4)  # 3 x 4 = 12 rows > 8: 2 conversations a call
+    assert out == [[f"{i}#{j}" for j in range(4)] for i in range(3)]
+    assert inner.calls[2:] == [(2, 4), (2, 4)]
+    assert study.ChunkedPolicy(inner, 64).generate(convs[:2], 2) == [["0#0", "0#1"], ["1#0", "1#1"]]
+    with pytest.raises(ValueError):
+        study.ChunkedPolicy(inner, 0)
