@@ -78,6 +78,7 @@ class LearnerConfig:
     # rows) contributes exactly nothing to the loss or the gradient: gather the other rows into the
     # first micro-batches and skip the forward/backward of micro-batches without any. The update is
     # unchanged; token-mean diagnostics (ratio, clip fractions, entropy) then cover the trained rows.
+    # parallel="single" only (see _gradients).
     skip_zero_advantage: bool = True
     parallel: str = "single"
 
@@ -238,13 +239,15 @@ def _gradients(params, ref_params, batch, model_config, cfg, axis_name, num_shar
     zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
     sums = {k: jnp.zeros((), jnp.float32) for k in grpo.SUM_METRICS}
     sums.update(ratio_min=jnp.array(jnp.inf), ratio_max=jnp.array(-jnp.inf))
-    skip = cfg.skip_zero_advantage and cfg.kl_beta == 0
+    # One device only: data-parallel devices wait for the slowest at the gradient psum, so skipping on
+    # some of them saves nothing (and on CPU's virtual devices, XLA aborts collectives that wait long).
+    skip = cfg.skip_zero_advantage and cfg.kl_beta == 0 and axis_name is None and mesh is None
     live = _live_rows(batch)  # [B]
-    if skip and mesh is None:  # live rows first, in contiguous micro-batches (row order is free)
+    if skip:  # live rows first, in contiguous micro-batches (row order is free)
         order = jnp.argsort(~live, stable=True)
         batch, live = jax.tree.map(lambda x: x[order], (batch, live))
         micro = jax.tree.map(lambda x: x.reshape((n_micro, -1) + x.shape[1:]), (batch, live))
-    else:  # FSDP keeps the strided split that spreads every micro-batch over the devices
+    else:  # the strided split that spreads every micro-batch over the devices
         micro = jax.tree.map(lambda x: _split_micro(x, n_micro), (batch, live))
 
     def maybe_body(carry, mb_live):
