@@ -9,8 +9,8 @@ P*G batch (clip 0.2, beta 0 so no reference model, per-sequence token-mean loss,
 accumulating gradients over --micro-batch rows at a time (TRL: steps_per_generation = accumulation
 steps, so no extra old-log-prob pass; ours takes the sampler's log-probs). The first --warmup
 iterations (our jit compiles, torch's first calls) are reported apart; the rest give medians. Our
-prompts pad to a bucket (sampling.prompt_bucket, >= --min-bucket), TRL's to the batch's longest prompt. Each side
-draws its own prompts from the same task set. Ratios: > 1 means exit_jax is faster. On a shared host
+prompts pad to a bucket (sampling.prompt_bucket, >= --min-bucket), TRL's to the batch's longest
+prompt. Each side draws its own prompts from the same task set. Ratios: > 1 means exit_jax is faster. On a shared host
 read min_iteration_s too: torch's iterations slowed 3-10x whenever another process used the cores.
 """
 import argparse, json, os, statistics, sys, tempfile, time  # noqa: E401
@@ -37,6 +37,7 @@ def bench_ours(a, lm, domain):
     from exit_jax.curriculum.config import preset
     from exit_jax.rl.learner import LearnerConfig
     from exit_jax.training import loop
+    from exit_jax.training.metrics import read_metrics
     from exit_jax.training.policy import SamplingConfig
     with tempfile.TemporaryDirectory() as wd:
         run = loop.RunConfig(workdir=wd, num_iterations=a.warmup + a.timed, seed=a.seed, progress=False,
@@ -47,8 +48,7 @@ def bench_ours(a, lm, domain):
                                 skip_zero_advantage=not a.no_skip)
         loop.train(run, lm, domain, preset("math", "grpo"), learner,
                    SamplingConfig(max_new_tokens=a.max_new_tokens, min_bucket=a.min_bucket))
-        with open(os.path.join(wd, "metrics.jsonl")) as f:
-            rows = [json.loads(line) for line in f]
+        rows = read_metrics(wd)
     col = lambda k: [r[k] for r in rows]  # noqa: E731
     out = summary(col("time/iteration_s"), [r["time/plan_s"] + r["time/rollout_s"] for r in rows],
                   col("time/buffer_checkpoint_s"), col("rollout/completion_tokens"),

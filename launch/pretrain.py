@@ -190,4 +190,6 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
+    import gin_cli  # launch/ is on sys.path when this runs as a script
+    gin_cli.tune_malloc()  # as launch/train.py: keep freed memory in the process
     raise SystemExit(main(sys.argv[1:]))

@@ -32,19 +32,13 @@ def hms(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m{seconds % 60:02d}s"
 
 
-# glibc returns large freed blocks to the OS and page-faults them back in on every jitted call; keeping
-# them (no trim, mmap only above 32 MB) made CPU sampling and updates of 64+ rows 2-3x faster here.
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "4294967296",
-              "MALLOC_TOP_PAD_": "1073741824"}
-
-
 def call(cmd: list, log_path: str) -> int:
-    """Runs `cmd` in the repository, appending its output to `log_path`; returns the exit status."""
-    env = {**MALLOC_ENV, **os.environ}  # a user's own malloc settings win
+    """Runs `cmd` in the repository, appending its output to `log_path`; returns the exit status.
+    (launch/train.py and launch/pretrain.py tune glibc's malloc themselves: gin_cli.tune_malloc.)"""
     with open(log_path, "a", encoding="utf-8") as f:
         f.write(f"\n$ {' '.join(cmd)}\n")
         f.flush()
-        return subprocess.run(cmd, check=False, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+        return subprocess.run(cmd, check=False, cwd=REPO, stdout=f, stderr=subprocess.STDOUT).returncode
 
 
 def pretrain(domain: str, out: str, seed: int) -> str:

@@ -53,8 +53,8 @@ def smoke_lm(corpus: Sequence[str], cache_dir: str, vocab_size: int = 512, seed:
     import sentencepiece as spm
     digest = hashlib.sha256("\x00".join(corpus).encode()).hexdigest()[:16]
     suffix = f"_v{vocab_size}_digits" if split_digits else ""
-    path = train_sentencepiece(corpus, vocab_size, os.path.join(cache_dir, f"smoke_sp_{digest}{suffix}.model"),
-                               split_digits=split_digits)
+    path = train_sentencepiece(corpus, vocab_size, split_digits=split_digits,
+                               path=os.path.join(cache_dir, f"smoke_sp_{digest}{suffix}.model"))
     processor = spm.SentencePieceProcessor(model_file=path)
     tokenizer = Tokenizer(backend=processor, chat_template=CHATML_TEMPLATE, bos_token=None,
                           eos_token="<|im_end|>", pad_token="<pad>", add_bos=False,

@@ -205,11 +205,10 @@ def _gradients(params, ref_params, batch, model_config, cfg, axis_name, num_shar
     """Loss gradient of the whole (per-device share of the) batch, accumulated over micro-batches."""
     n_micro = _num_micro(batch["tokens"].shape[0], cfg, num_shards)
     n_seq, n_tok, stats = _batch_stats(batch, cfg, axis_name)
-    fwd = functools.partial(token_logprobs, model_config=model_config, temperature=cfg.temperature,
-                            dtype=DTYPES[cfg.compute_dtype], remat=cfg.remat)
-
     # completion_mask / old_logprobs may cover only the last W columns of tokens (see module doc).
-    fwd = functools.partial(fwd, width=batch["completion_mask"].shape[1])
+    fwd = functools.partial(token_logprobs, model_config=model_config, temperature=cfg.temperature,
+                            dtype=DTYPES[cfg.compute_dtype], remat=cfg.remat,
+                            width=batch["completion_mask"].shape[1])
 
     def loss_fn(p, mb):
         logp, entropy = fwd(p, tokens=mb["tokens"], input_mask=mb["input_mask"],

@@ -6,8 +6,9 @@ Row layout (Lp = prompt bucket, N = max_new_tokens):
 
 `completion_mask` and `old_logprobs` cover only the last N columns (the completions), so the learner
 computes logits there only; `old_logprobs[:, j]` is the sampler's log-prob of `tokens[:, Lp + j]`,
-nonzero only where `completion_mask` is set, which is what `rl.learner` expects. Rows are padded up to a multiple of `row_multiple` with
-masked-out rows, and Lp to a `prompt_bucket`, so the update compiles for few shapes.
+nonzero only where `completion_mask` is set, which is what `rl.learner` expects. Rows are padded up to
+a multiple of `row_multiple` with masked-out rows, and Lp to a `prompt_bucket`, so the update compiles
+for few shapes.
 """
 from __future__ import annotations
 

@@ -50,10 +50,6 @@ class Checkpointer:
         self._manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), host=ocp.args.JsonSave(host)))
 
-    def wait(self) -> None:
-        """Blocks until the last save is durable."""
-        self._manager.wait_until_finished()
-
     def restore(self, step: int, abstract_state: Any, fingerprint: dict) -> tuple[Any, dict]:
         """Restores `step`. `abstract_state` gives the tree structure, shapes, dtypes and shardings."""
         host = self._manager.restore(step, args=ocp.args.Composite(host=ocp.args.JsonRestore()))["host"]
