@@ -116,10 +116,12 @@ def test_table_mean_and_standard_error_match_hand_computation():
 
 
 def test_single_seed_and_missing_values_are_shown_plainly():
-    methods = {"base": _records([0.5], [0.25], K=2)}
+    methods = {"base": _records([0.5], [0.25], K=2), "grpo": _records([0.5], [0.5], K=2)}
     row = study_report.score_table("mle", methods)[2]
     assert "| 50.0 | 25.0 | -25.0 |" in row and "2 → 4" in row
     assert study.fmt([]) == "n/a"
+    versus = "\n".join(study_report.versus_table(methods))
+    assert "-25.0 (1 seed: no SE)" in versus and "±" not in versus
 
 
 def test_tables_markdown_has_every_section(tmp_path):
@@ -149,6 +151,11 @@ def test_plan_order_and_commands(tmp_path):
     assert "--gin.SEED=1" in ex and not any("NUM_ITERATIONS" in a for a in ex)
     with pytest.raises(ValueError, match="unknown"):
         study.parse_list("grpo,exitt", study.METHODS, "methods")
+    full = study.PRESETS["full"]
+    per_domain = {d: full.methods_for(d) for d in full.domains}
+    assert per_domain == {"math": study.METHODS, "mle": ("base", "grpo", "exit")}
+    names = [s.name for s in study.plan_runs(str(tmp_path), full.domains, per_domain, full.seeds)]
+    assert len(names) == 3 * (6 + 3) and names[6:9] == ["mle/base/seed0", "mle/grpo/seed0", "mle/exit/seed0"]
 
 
 def test_finished_runs_are_skipped_and_the_rest_run(tmp_path, monkeypatch):

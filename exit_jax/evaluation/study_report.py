@@ -92,7 +92,11 @@ def versus_table(methods: Mapping[str, Sequence[Mapping]], baseline: str = "grpo
             if math.isnan(ma) or math.isnan(mb):
                 cells.append("n/a")
                 continue
-            diff, se = (ma - mb) * 100, math.hypot(sa, sb) * 100
+            diff = (ma - mb) * 100
+            if min(len(finite_values(a)), len(finite_values(b))) < 2:
+                cells.append(f"{diff:+.1f} (1 seed: no SE)")  # a single seed says nothing about spread
+                continue
+            se = math.hypot(sa, sb) * 100
             z = f", {diff / se:+.1f} SE" if se > 0 else ""
             cells.append(f"{diff:+.1f} ± {se:.1f}{z}")
         rows.append(cells)
