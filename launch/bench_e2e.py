@@ -1,6 +1,6 @@
 """Seconds per GRPO iteration on math, SmolLM2-135M-Instruct: exit_jax vs TRL's GRPOTrainer (torch CPU).
 
-    python launch/bench_e2e.py [--prompts 4 --group 4 --max-new-tokens 64 --warmup 1 --timed 3]
+    python launch/bench_e2e.py [--prompts 4 --group 4 --max-new-tokens 64 --warmup 1 --timed 10]
 
 Both sides, in this one process and one after the other, run plain GRPO (no buffer: the same work
 per iteration) from the exact same weights: sample G completions for each of P chat-templated math
@@ -8,7 +8,8 @@ prompts (temperature 1, no top-k/top-p), grade them with exit_jax.envs.math, tak
 P*G batch (clip 0.2, beta 0 so no reference model, per-sequence token-mean loss, group-std advantages),
 accumulating gradients over --micro-batch rows at a time (TRL: steps_per_generation = accumulation
 steps, so no extra old-log-prob pass; ours takes the sampler's log-probs). The first --warmup
-iterations (our jit compiles, torch's first calls) are reported apart; the rest give medians. Our
+iterations (our jit compiles, torch's first calls) are reported apart; the rest give medians and
+means (the mean carries our periodic checkpoint: loop.RunConfig.checkpoint_every, default 10). Our
 prompts pad to a bucket (sampling.prompt_bucket, >= --min-bucket), TRL's to the batch's longest
 prompt. Each side draws its own prompts from the same task set. Ratios: > 1 means exit_jax is faster. On a shared host
 read min_iteration_s too: torch's iterations slowed 3-10x whenever another process used the cores.
@@ -24,6 +25,7 @@ def summary(steps, rollout, ckpt, tokens, prompt_tokens, warmup):
     med = lambda xs: statistics.median(list(xs)[warmup:])  # noqa: E731
     learn = [s - r - c for s, r, c in zip(steps, rollout, ckpt)]
     return {"first_iteration_s": steps[0], "iteration_s": med(steps),
+            "mean_iteration_s": statistics.mean(steps[warmup:]),
             "iteration_no_ckpt_s": med(s - c for s, c in zip(steps, ckpt)), "rollout_s": med(rollout),
             "learner_update_s": med(learn), "checkpoint_s": med(ckpt),
             "sampled_tokens_per_s": med(t / r for t, r in zip(tokens, rollout)),
@@ -42,8 +44,8 @@ def bench_ours(a, lm, domain):
     with tempfile.TemporaryDirectory() as wd:
         run = loop.RunConfig(workdir=wd, num_iterations=a.warmup + a.timed, seed=a.seed, progress=False,
                              prompts_per_iteration=a.prompts, group_size=a.group)
-        # Plain GRPO (not ExIt) so that both sides do the same work; the loop's default per-iteration
-        # checkpoint stays on, as in a real run, and is shown as its own phase.
+        # Plain GRPO (not ExIt) so that both sides do the same work; the loop's default checkpoint
+        # cadence stays on, as in a real run (TRL: save_strategy="no"), and is shown as its own phase.
         learner = LearnerConfig(kl_beta=0.0, learning_rate=a.lr, micro_batch_size=a.micro_batch,
                                 skip_zero_advantage=not a.no_skip)
         loop.train(run, lm, domain, preset("math", "grpo"), learner,
@@ -108,7 +110,7 @@ def main():
     for flag, default, why in (
             ("--prompts", 4, "P: prompts per iteration"), ("--group", 4, "G: samples per prompt"),
             ("--max-new-tokens", 64, "N"), ("--warmup", 1, "untimed first iterations"),
-            ("--timed", 3, "timed iterations"), ("--num-train", 256, "math tasks to draw prompts from"),
+            ("--timed", 10, "timed iterations"), ("--num-train", 256, "math tasks to draw prompts from"),
             # Level 1-2 prompts are 47-87 tokens: one 96 bucket = one compile, not one per bucket seen.
             ("--min-bucket", 96, "our smallest prompt-length bucket"), ("--lr", 1e-6, "learning rate"),
             # Both sides accumulate gradients over this many rows: all 16 x 192 at once takes > 10 GB

@@ -4,7 +4,8 @@
     python launch/train.py --gin_file=math.gin --gin_file=grpo.gin  # the GRPO baseline
     python launch/train.py --gin_file=mle.gin --gin.MODEL="'Qwen/Qwen2.5-7B-Instruct'"
 
-Re-running the same command resumes from the last checkpoint in WORKDIR.
+Re-running the same command resumes from the last checkpoint in WORKDIR. SIGTERM (preemption) or Ctrl-C
+checkpoints the current iteration and exits with 143 / 130; a second signal stops at once.
 """
 import logging
 import os
@@ -25,12 +26,18 @@ def main(argv):
     workdir = loop.resolve_workdir(gin.query_parameter("%WORKDIR"), gin.query_parameter("%DOMAIN"),
                                    gin.query_parameter("%METHOD"))
     gin_cli.write_operative_config(workdir)
+    # force: importing jax / orbax already gave the root logger a handler (absl's), which made a plain
+    # basicConfig a no-op and left train.log empty.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         handlers=[logging.FileHandler(os.path.join(workdir, "train.log")),
-                                  logging.StreamHandler()])
+                                  logging.StreamHandler()], force=True)
     for noisy in ("absl", "jax._src.xla_bridge", "orbax"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    metrics = gin_cli.call(loop.train)
+    try:
+        metrics = gin_cli.call(loop.train)
+    except loop.Interrupted as e:
+        print(f"exit_jax: {e}", file=sys.stderr)
+        raise SystemExit(e.exit_code) from None
     print(f"done: {workdir} (last reward {metrics.get('reward/mean', float('nan')):.3f})")
 
 

@@ -115,24 +115,54 @@ def _train_cmd(workdir, *extra):
             "--gin.loop.RunConfig.prompts_per_iteration=2", *extra]
 
 
-@pytest.mark.slow
-def test_sigkill_mid_run_then_rerun_matches_uninterrupted(tmp_path):
-    no_eval = "--gin.loop.train.evaluate_at_end=None"
-    ref, killed = tmp_path / "ref", tmp_path / "killed"
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    subprocess.run(_train_cmd(ref, "--gin.NUM_ITERATIONS=5", no_eval), check=True, env=env,
+NO_EVAL = "--gin.loop.train.evaluate_at_end=None"
+ENV = dict(os.environ, JAX_PLATFORMS="cpu")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    ref = tmp_path_factory.mktemp("ref")
+    subprocess.run(_train_cmd(ref, "--gin.NUM_ITERATIONS=5", NO_EVAL), check=True, env=ENV,
                    capture_output=True, timeout=600)
-    proc = subprocess.Popen(_train_cmd(killed, "--gin.NUM_ITERATIONS=5", no_eval), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return _stable(read_metrics(str(ref)))
+
+
+def _start_and_signal(workdir, sig, *extra):
+    """Starts a 5-iteration run and sends `sig` once two iterations are logged; returns the process."""
+    proc = subprocess.Popen(_train_cmd(workdir, "--gin.NUM_ITERATIONS=5", NO_EVAL, *extra), env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
-    while time.time() < deadline and len(read_metrics(str(killed))) < 2 and proc.poll() is None:
+    while time.time() < deadline and len(read_metrics(str(workdir))) < 2 and proc.poll() is None:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)  # somewhere inside iteration 2 or 3
-    proc.wait()
-    assert len(read_metrics(str(killed))) < 5
-    subprocess.run(_train_cmd(killed, "--gin.NUM_ITERATIONS=5", no_eval), check=True, env=env,
+    proc.send_signal(sig)  # somewhere inside iteration 2 or 3
+    proc.wait(timeout=300)
+    return proc
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_rerun_matches_uninterrupted(tmp_path, uninterrupted):
+    proc = _start_and_signal(tmp_path, signal.SIGKILL, "--gin.loop.RunConfig.checkpoint_every=1")
+    assert proc.returncode == -signal.SIGKILL and len(read_metrics(str(tmp_path))) < 5
+    subprocess.run(_train_cmd(tmp_path, "--gin.NUM_ITERATIONS=5", NO_EVAL), check=True, env=ENV,
                    capture_output=True, timeout=600)
-    assert _stable(read_metrics(str(ref))) == _stable(read_metrics(str(killed)))
+    assert _stable(read_metrics(str(tmp_path))) == uninterrupted
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_the_current_iteration_then_resumes_exactly(tmp_path, uninterrupted):
+    # No periodic checkpoint in 5 iterations: whatever the rerun restores, the SIGTERM wrote.
+    proc = _start_and_signal(tmp_path, signal.SIGTERM, "--gin.loop.RunConfig.checkpoint_every=100")
+    stderr = proc.stderr.read()
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    done = len(read_metrics(str(tmp_path)))
+    assert 2 <= done < 5 and f"SIGTERM received: stopped after iteration {done}" in stderr
+    assert os.listdir(tmp_path / "checkpoints") == [str(done)]
+    rerun = subprocess.run(_train_cmd(tmp_path, "--gin.NUM_ITERATIONS=5", NO_EVAL), check=True,
+                           env=ENV, capture_output=True, text=True, timeout=600)
+    assert f"resumed from iteration {done}" in rerun.stderr
+    with open(tmp_path / "train.log", encoding="utf-8") as f:
+        assert f"resumed from iteration {done}" in f.read()
+    assert _stable(read_metrics(str(tmp_path))) == uninterrupted
 
 
 @pytest.mark.slow

@@ -162,7 +162,12 @@ def specs() -> list:
 # ------------------------------------------------------------------------------------------- tasks
 
 
-def preview_files(public_dir: str, rows: int = 5, max_cols: int = 12) -> str:
+# Four significant digits: enough to see each column's scale and type. Synthetic tasks store floats with
+# 16-17 digits, which (digit-split by most tokenizers) tripled the preview's tokens for nothing.
+FLOAT_FORMAT = "%.4g"
+
+
+def preview_files(public_dir: str, rows: int = 3, max_cols: int = 12) -> str:
     """The `{preview_contents}` of the MLE prompt: each CSV's shape and first rows and columns."""
     parts = []
     order = {"train.csv": 0, "test.csv": 1}
@@ -178,7 +183,7 @@ def preview_files(public_dir: str, rows: int = 5, max_cols: int = 12) -> str:
         shown = df.iloc[:, :max_cols]
         more = f", first {max_cols} columns" if df.shape[1] > max_cols else ""
         parts.append(f"-> {name} ({n_rows} rows x {df.shape[1]} columns; first {rows} rows{more}):\n"
-                     f"{shown.to_csv(index=False).strip()}")
+                     f"{shown.to_csv(index=False, float_format=FLOAT_FORMAT).strip()}")
     return "\n\n".join(parts)
 
 
