@@ -26,13 +26,17 @@ CORPORA = {"math": "exit_jax.pretrain.math_corpus", "mle": "exit_jax.pretrain.ml
 MATH_FAMILIES = "arith,linear_eq,number_theory,word"
 
 
-# Per-domain defaults of the flags left unset; the MLE values are placeholders sized for its long prompts.
+# Per-domain defaults of the flags left unset.
 # Math: 4,800 steps (~8M tokens, ~20 minutes of SFT on 2 shared cores) is what it takes for the arithmetic
 # in the working to emerge: at 1,200 steps (~5 minutes) the model copies the numbers right but its sums
 # are guesses (greedy ~10%, T=1 ~2% held-out accuracy, against ~25% / ~14% at 4,800).
 DEFAULTS = {
-    "math": {"examples": 60000, "corpus_tasks": 8000, "steps": 4800, "max_len": 384, "tokens_per_batch": 2048},
-    "mle": {"examples": 3000, "steps": 600, "max_len": 2560, "tokens_per_batch": 8192},
+    "math": {"examples": 60000, "corpus_tasks": 8000, "steps": 4800, "max_len": 384, "tokens_per_batch": 2048,
+             "vocab": 768},
+    # MLE: one fixed ~28-line script layout with choices; 300 steps of 8k tokens (~2.5M tokens, ~1,600
+    # examples seen once) on prompts of ~1-1.5k tokens. A 2,048-piece vocabulary turns the prompt's fixed
+    # instructions into few tokens (768 pieces: ~2k tokens an attempt example, ~2.7k a debug one).
+    "mle": {"examples": 2000, "steps": 300, "max_len": 2560, "tokens_per_batch": 8192, "vocab": 2048},
 }
 
 
@@ -48,7 +52,7 @@ def parse(argv):
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--tokens_per_batch", type=int)
     p.add_argument("--max_len", type=int, help="longest example in tokens (prompts are cut from the left)")
-    p.add_argument("--vocab", type=int, default=768)
+    p.add_argument("--vocab", type=int)
     p.add_argument("--d_model", type=int, default=128)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=4)
