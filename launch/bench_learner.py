@@ -30,10 +30,10 @@ def load_params(name):  # the embedded checkpoint when it loads; else random wei
 
 def jax_step(mc, params, batch, a):
     import jax
-    from exit_jax.rl import learner
+    from exit_jax.rl import learner, parallel
     # Paper math settings (beta 0.001, k3, clip 0.2); no entropy metric: torch does not compute it.
     cfg = learner.LearnerConfig(kl_beta=0.001, micro_batch_size=a.micro, compute_entropy=False)
-    state, b, t = learner.init_state(params, cfg), learner.place_batch(batch, cfg), time.perf_counter()
+    state, b, t = learner.init_state(params, cfg), parallel.place_batch(batch, cfg), time.perf_counter()
     step = jax.jit(lambda s, x: learner.update_step(s, x, mc, cfg), donate_argnums=0)
     step, a.compile_s = step.lower(state, b).compile(), time.perf_counter() - t
     held = [state]  # the compiled step donates its state argument

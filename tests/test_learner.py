@@ -18,7 +18,7 @@ import pytest
 
 from exit_jax.models import transformer
 from exit_jax.models.config import preset
-from exit_jax.rl import grpo, learner
+from exit_jax.rl import grpo, learner, parallel
 from exit_jax.rl.learner import LearnerConfig
 
 MC = dataclasses.replace(preset("tiny"), num_layers=1, name="tiny-1-layer")  # halves compile time
@@ -53,8 +53,8 @@ def cfg_for(**kw):
 
 
 def run(params, batch, cfg):
-    state = learner.place_state(learner.init_state(params, cfg), cfg)
-    return learner.make_update(MC, cfg)(state, learner.place_batch(batch, cfg))
+    state = parallel.place_state(learner.init_state(params, cfg), cfg)
+    return parallel.make_update(MC, cfg)(state, parallel.place_batch(batch, cfg))
 
 
 def max_diff(a, b):
@@ -101,8 +101,8 @@ def test_micro_batched_update_equals_whole_batch_gradient_step(params):
     np.testing.assert_allclose(metrics["loss"], loss, rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(metrics["grad_norm"], optax.tree.norm(grads), rtol=1e-4)
     assert float(metrics["grad_norm"]) > cfg.max_grad_norm  # so the clipping is exercised too
-    assert max_diff(learner.host_params(state, cfg), want) < 1e-5
-    assert max_diff(learner.host_params(state, cfg), params) > 1e-4
+    assert max_diff(parallel.host_params(state, cfg), want) < 1e-5
+    assert max_diff(parallel.host_params(state, cfg), params) > 1e-4
     np.testing.assert_allclose(metrics["zero_variance_frac"], 0.5)  # rewards[0] is constant
 
 
@@ -116,17 +116,17 @@ def test_completion_window_batch_equals_full_width_batch(params):
     cfg = cfg_for(parallel="single", micro_batch_size=2, epochs=1)
     full_state, full = run(params, batch, cfg)
     win_state, win = run(params, window, cfg)
-    assert max_diff(learner.host_params(win_state, cfg), learner.host_params(full_state, cfg)) < 1e-6
+    assert max_diff(parallel.host_params(win_state, cfg), parallel.host_params(full_state, cfg)) < 1e-6
     for k in ("loss", "kl", "entropy", "ratio_mean", "grad_norm"):
         np.testing.assert_allclose(win[k], full[k], rtol=1e-5, err_msg=k)
     logp, _ = learner.token_logprobs(params, MC, batch["tokens"], batch["input_mask"], width=w)
     np.testing.assert_allclose(logp, logprobs_fn(
         params, MC, batch["tokens"], batch["input_mask"])[0][:, L - w:], atol=1e-6)
     with pytest.raises(ValueError, match="last W <= L columns"):
-        learner.place_batch(window | {"old_logprobs": batch["old_logprobs"]}, cfg)
+        parallel.place_batch(window | {"old_logprobs": batch["old_logprobs"]}, cfg)
 
 
-def test_skipping_zero_advantage_rows_leaves_the_update_unchanged(params, parallel="single"):
+def test_skipping_zero_advantage_rows_leaves_the_update_unchanged(params):
     batch = make_batch(params)
     batch["advantages"] = np.array(batch["advantages"])
     batch["advantages"][5] = 0.0  # a lone zero row inside a live group
@@ -134,10 +134,10 @@ def test_skipping_zero_advantage_rows_leaves_the_update_unchanged(params, parall
     assert 0 < live.sum() < len(live)  # rows 0-3 are a constant-reward group
     out = {}
     for skip in (False, True):
-        cfg = cfg_for(parallel=parallel, kl_beta=0.0, micro_batch_size=1, epochs=1,
+        cfg = cfg_for(parallel="single", kl_beta=0.0, micro_batch_size=1, epochs=1,
                       skip_zero_advantage=skip)
         state, metrics = run(params, batch, cfg)
-        out[skip] = (learner.host_params(state, cfg), metrics)
+        out[skip] = (parallel.host_params(state, cfg), metrics)
     assert max_diff(out[True][0], out[False][0]) < 1e-6 and max_diff(out[True][0], params) > 1e-4
     for k in ("loss", "pg_loss", "grad_norm"):
         np.testing.assert_allclose(out[True][1][k], out[False][1][k], rtol=1e-5, err_msg=k)
@@ -160,10 +160,10 @@ def test_pmap_fsdp_and_fake_pmap_equal_single_device(params):
     for mode in ("single", "pmap", "fsdp"):
         cfg = cfg_for(parallel=mode)
         state, metrics = run(params, batch, cfg)
-        results[mode] = (learner.host_params(state, cfg), metrics, state)
+        results[mode] = (parallel.host_params(state, cfg), metrics, state)
     with chex.fake_pmap():  # the pmap code path as vmap: debuggable on one device
         state, metrics = run(params, batch, cfg_for(parallel="pmap"))
-        results["fake_pmap"] = (learner.host_params(state, cfg_for(parallel="pmap")), metrics, state)
+        results["fake_pmap"] = (parallel.host_params(state, cfg_for(parallel="pmap")), metrics, state)
     single, m_single, _ = results["single"]
     assert max_diff(single, params) > 1e-4
     for mode in ("pmap", "fsdp", "fake_pmap"):
@@ -184,28 +184,28 @@ def test_non_finite_loss_skips_the_update(params):
     good = make_batch(params)
     bad = dict(good, old_logprobs=good["old_logprobs"].copy())
     bad["old_logprobs"][3, 9] = np.nan  # a trained token
-    state = learner.place_state(learner.init_state(params, cfg), cfg)
-    update = learner.make_update(MC, cfg)
-    state, metrics = update(state, learner.place_batch(bad, cfg))
+    state = parallel.place_state(learner.init_state(params, cfg), cfg)
+    update = parallel.make_update(MC, cfg)
+    state, metrics = update(state, parallel.place_batch(bad, cfg))
     assert int(metrics["skipped"]) == 1 and int(state.skipped) == 1
     assert max_diff(state.params, params) == 0.0
     assert all(int(c) == 0 for c in jax.tree.leaves(state.opt_state) if c.dtype == jnp.int32)
-    state, metrics = update(state, learner.place_batch(good, cfg))
+    state, metrics = update(state, parallel.place_batch(good, cfg))
     assert int(metrics["skipped"]) == 0 and int(state.skipped) == 1 and int(state.step) == 2
     assert np.isfinite(float(metrics["loss"])) and max_diff(state.params, params) > 1e-4
 
 
 def test_reference_refresh_every_m_iterations_with_alpha(params):
     cfg = cfg_for(parallel="single", epochs=1, micro_batch_size=0, ref_update_every=2, ref_alpha=0.5)
-    batch = learner.place_batch(make_batch(params), cfg)
-    state = learner.place_state(learner.init_state(params, cfg), cfg)
-    update = learner.make_update(MC, cfg)
+    batch = parallel.place_batch(make_batch(params), cfg)
+    state = parallel.place_state(learner.init_state(params, cfg), cfg)
+    update = parallel.make_update(MC, cfg)
     state, m1 = update(state, batch)
     assert int(m1["ref_updated"]) == 0 and max_diff(state.ref_params, params) == 0.0
     theta2 = jax.tree.map(np.asarray, state.params)  # consumed by the donated next call
     state, m2 = update(state, batch)
     assert int(m2["ref_updated"]) == 1
-    mixed = jax.tree.map(lambda t, r: 0.5 * t + 0.5 * np.asarray(r), learner.host_params(state, cfg),
+    mixed = jax.tree.map(lambda t, r: 0.5 * t + 0.5 * np.asarray(r), parallel.host_params(state, cfg),
                          params)
     assert max_diff(state.ref_params, mixed) < 1e-7
     assert max_diff(theta2, state.params) > 0  # theta kept moving: ref used the post-update theta
@@ -237,14 +237,14 @@ def test_bad_config_and_batch_raise_clear_errors(params):
     cfg = cfg_for(parallel="single")
     batch = make_batch(params)
     with pytest.raises(ValueError, match="missing keys"):
-        learner.place_batch({k: v for k, v in batch.items() if k != "advantages"}, cfg)
+        parallel.place_batch({k: v for k, v in batch.items() if k != "advantages"}, cfg)
     with pytest.raises(ValueError, match="advantages"):
-        learner.place_batch(dict(batch, advantages=np.zeros((B, 2))), cfg)
+        parallel.place_batch(dict(batch, advantages=np.zeros((B, 2))), cfg)
     with pytest.raises(ValueError, match="micro_batch_size"):
         run(params, batch, dataclasses.replace(cfg, micro_batch_size=3))
     with pytest.raises(ValueError, match="reference policy"):  # state built without a reference
-        learner.make_update(MC, cfg)(learner.init_state(params, dataclasses.replace(cfg, kl_beta=0.0)),
-                                     learner.place_batch(batch, cfg))
+        parallel.make_update(MC, cfg)(learner.init_state(params, dataclasses.replace(cfg, kl_beta=0.0)),
+                                     parallel.place_batch(batch, cfg))
 
 
 # ------------------------------------------------------------------------------- multi-host
@@ -265,10 +265,10 @@ def _worker(pid: int, port: int, out: str) -> None:
     flat = {}
     for mode in ("pmap", "fsdp"):
         cfg = cfg_for(parallel=mode, learning_rate=MULTIHOST_LR)
-        state = learner.place_state(learner.init_state(params, cfg), cfg)
-        update = learner.make_update(MC, cfg)
-        state, _ = update(state, learner.place_batch(local, cfg))  # 2 epochs: 2 optimizer steps
-        leaves = jax.tree.leaves(learner.host_params(state, cfg))
+        state = parallel.place_state(learner.init_state(params, cfg), cfg)
+        update = parallel.make_update(MC, cfg)
+        state, _ = update(state, parallel.place_batch(local, cfg))  # 2 epochs: 2 optimizer steps
+        leaves = jax.tree.leaves(parallel.host_params(state, cfg))
         flat.update({f"{mode}_{i}": np.asarray(x) for i, x in enumerate(leaves)})
     if pid == 0:
         np.savez(out, **flat)
@@ -291,7 +291,7 @@ def test_two_processes_match_one_process(params, tmp_path):
     assert all(p.returncode == 0 for p in procs), logs
     cfg = cfg_for(parallel="single", learning_rate=MULTIHOST_LR)
     single, _ = run(params, make_batch(params), cfg)
-    want = jax.tree.leaves(learner.host_params(single, cfg))
+    want = jax.tree.leaves(parallel.host_params(single, cfg))
     assert max_diff(want, jax.tree.leaves(params)) > 1e-4
     got = np.load(out)
     for mode in ("pmap", "fsdp"):

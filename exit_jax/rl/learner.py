@@ -18,16 +18,16 @@ Parallel modes ("parallel" in LearnerConfig), all giving the single-device resul
           are global, and the gradients are psum'd (= pmean of per-device full-normaliser gradients).
   fsdp:   jit over a 1-D Mesh; the batch is split over devices and every param / optimizer-state leaf
           is sharded along its largest divisible dimension (ZeRO-3 style); XLA inserts the gathers.
+`rl.parallel` compiles the update for a mode and puts the state and batch on its devices.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -327,109 +327,3 @@ def update_step(state: TrainState, batch: Batch, model_config: ModelConfig, cfg:
         ref = jax.lax.cond(refresh, mix, lambda r: r, ref)
     metrics["ref_updated"] = (refresh & (ref is not None)).astype(jnp.int32)
     return state._replace(step=step, ref_params=ref), metrics
-
-
-# ---------------------------------------------------------------- parallel modes: build, place, fetch
-
-def make_mesh() -> jax.sharding.Mesh:
-    """A 1-D mesh over every device of every process (Auto axes: classic GSPMD propagation)."""
-    return jax.make_mesh((jax.device_count(),), (AXIS,),
-                         axis_types=(jax.sharding.AxisType.Auto,))
-
-
-def _fsdp_spec(shape, n: int) -> P:
-    """Shard the largest dimension that divides evenly over n devices; replicate small leaves."""
-    dims = sorted(range(len(shape)), key=lambda d: -shape[d])
-    for d in dims:
-        if shape[d] >= n and shape[d] % n == 0:
-            return P(*([None] * d + [AXIS]))
-    return P()
-
-
-def state_shardings(state, mesh):
-    """NamedSharding for every leaf of a state (works on arrays, tracers and ShapeDtypeStructs)."""
-    return jax.tree.map(lambda x: NamedSharding(mesh, _fsdp_spec(x.shape, mesh.size)), state)
-
-
-def make_update(model_config: ModelConfig, cfg: LearnerConfig,
-                mesh=None) -> Callable[[TrainState, Batch], tuple]:
-    """The compiled update for cfg.parallel: fn(placed_state, placed_batch) -> (state, metrics).
-
-    The state argument is donated (its buffers are reused for the new state).
-    """
-    if cfg.parallel == "single":
-        return jax.jit(functools.partial(update_step, model_config=model_config, cfg=cfg),
-                       donate_argnums=0)
-    if cfg.parallel == "pmap":
-        step = jax.pmap(functools.partial(update_step, model_config=model_config, cfg=cfg,
-                                          axis_name=AXIS), axis_name=AXIS, donate_argnums=0)
-
-        def pmapped(state, batch):
-            state, metrics = step(state, batch)
-            return state, jax.tree.map(lambda x: x[0], metrics)  # metrics are identical per device
-        return pmapped
-    mesh = make_mesh() if mesh is None else mesh
-
-    def fsdp(state, batch):
-        state, metrics = update_step(state, batch, model_config, cfg, num_shards=mesh.size, mesh=mesh)
-        return jax.lax.with_sharding_constraint(state, state_shardings(state, mesh)), metrics
-    return jax.jit(fsdp, donate_argnums=0)
-
-
-def place_state(state: TrainState, cfg: LearnerConfig, mesh=None) -> TrainState:
-    """Put a host-identical state on devices: replicated (pmap) or sharded (fsdp; multi-host safe)."""
-    if cfg.parallel == "single":
-        return jax.device_put(state)
-    if cfg.parallel == "pmap":  # one copy per local device, stacked on a leading axis
-        devices = jax.local_devices()
-        local = NamedSharding(jax.sharding.Mesh(np.array(devices), (AXIS,)), P(AXIS))
-        return jax.tree.map(lambda x: jax.device_put(
-            np.broadcast_to(np.asarray(x), (len(devices),) + x.shape), local), state)
-    mesh = make_mesh() if mesh is None else mesh
-
-    def put(x, sharding):
-        host = np.asarray(x)
-        return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
-    return jax.tree.map(put, state, state_shardings(state, mesh))
-
-
-def place_batch(batch: Batch, cfg: LearnerConfig, mesh=None) -> Batch:
-    """Put this process's rows of the batch on its devices (multi-host: each host feeds its shard)."""
-    missing = [k for k in REQUIRED_KEYS if k not in batch]
-    unknown = [k for k in batch if k not in REQUIRED_KEYS + OPTIONAL_KEYS]
-    if missing or unknown:
-        raise ValueError(f"GRPO batch is missing keys {missing} / has unknown keys {unknown}; "
-                         f"expected {REQUIRED_KEYS} plus optionally {OPTIONAL_KEYS}.")
-    dtypes = {"tokens": np.int32, "input_mask": bool, "completion_mask": bool, "sample_mask": bool}
-    batch = {k: np.asarray(v, dtypes.get(k, np.float32)) for k, v in batch.items()}
-    rows = batch["tokens"].shape[0]
-    for k, v in batch.items():
-        if v.shape[:1] != (rows,) or (v.ndim == 2) != (k in REQUIRED_KEYS[:4]):
-            raise ValueError(f"GRPO batch field {k!r} has shape {v.shape}; expected "
-                             f"{'[B, L]' if k in REQUIRED_KEYS[:4] else '[B]'} with B={rows}.")
-    length, width = batch["tokens"].shape[1], batch["completion_mask"].shape[1]
-    if batch["input_mask"].shape[1] != length or batch["old_logprobs"].shape[1] != width or width > length:
-        raise ValueError(f"GRPO batch: tokens and input_mask must be [B, L], completion_mask and "
-                         f"old_logprobs [B, W] over the last W <= L columns; got L={length}, W={width}, "
-                         f"old_logprobs {batch['old_logprobs'].shape}.")
-    if cfg.parallel == "single":
-        return jax.device_put(batch)
-    if cfg.parallel == "pmap":
-        n = jax.local_device_count()
-        if rows % n:
-            raise ValueError(f"batch of {rows} rows does not split over {n} local devices.")
-        return jax.tree.map(lambda x: x.reshape((n, rows // n) + x.shape[1:]), batch)
-    sharding = NamedSharding(make_mesh() if mesh is None else mesh, P(AXIS))
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
-
-
-def host_params(state: TrainState, cfg: LearnerConfig):
-    """The current params as host numpy arrays, whatever the parallel mode (gathers across hosts)."""
-    params = state.params
-    if cfg.parallel == "pmap":
-        params = jax.tree.map(lambda x: x[0], params)
-    leaves = jax.tree.leaves(params)
-    if leaves and not all(x.is_fully_addressable for x in leaves if isinstance(x, jax.Array)):
-        from jax.experimental import multihost_utils
-        return multihost_utils.process_allgather(params, tiled=True)
-    return jax.tree.map(np.asarray, params)

@@ -27,7 +27,7 @@ import numpy as np
 from exit_jax import models
 from exit_jax.curriculum import buffer, diversity, embedders, episodes as episodes_lib, stats
 from exit_jax.curriculum.config import CurriculumConfig
-from exit_jax.rl import grpo, learner as learner_lib
+from exit_jax.rl import grpo, learner as learner_lib, parallel
 from exit_jax.training import batch as batch_lib
 from exit_jax.training.checkpointing import Checkpointer, fingerprint
 from exit_jax.training.domains import Domain
@@ -148,7 +148,7 @@ def train(run: RunConfig, model: Any, domain: Domain, curriculum: CurriculumConf
     fp = fingerprint(model=lm.config, domain=domain.name, curriculum=curriculum, learner=learner,
                      sampling=sampling, seed=run.seed, group_size=run.group_size,
                      prompts_per_iteration=run.prompts_per_iteration)
-    mesh = learner_lib.make_mesh() if learner.parallel == "fsdp" else None
+    mesh = parallel.make_mesh() if learner.parallel == "fsdp" else None
     state = learner_lib.init_state(lm.params, learner)
     ckpt = Checkpointer(os.path.join(run.workdir, "checkpoints"), run.keep_checkpoints)
     host = HostState(0, buffer.init(curriculum.capacity), np.random.default_rng(run.seed), frozenset())
@@ -156,8 +156,8 @@ def train(run: RunConfig, model: Any, domain: Domain, curriculum: CurriculumConf
         state, host_json = ckpt.restore(ckpt.latest_step(), state, fp)
         host = HostState.from_json(host_json)
         log.info("resumed from iteration %d in %s", host.iteration, run.workdir)
-    state = learner_lib.place_state(state, learner, mesh)
-    update = learner_lib.make_update(lm.config, learner, mesh)
+    state = parallel.place_state(state, learner, mesh)
+    update = parallel.make_update(lm.config, learner, mesh)
     policy = TextPolicy(lm, sampling, stop_strings=domain.stop_strings)
     policy.params = _sampling_params(state, learner)
     embedder = None
@@ -184,7 +184,7 @@ def train(run: RunConfig, model: Any, domain: Domain, curriculum: CurriculumConf
             rewards, adv, mult = _advantages(groups, episodes, curriculum, embedder, normalize)
             batch = batch_lib.pack(segments, adv, mult, sampling.max_new_tokens,
                                    lm.tokenizer.pad_id, row_multiple, sampling.min_bucket)
-            state, learn = update(state, learner_lib.place_batch(batch, learner, mesh))
+            state, learn = update(state, parallel.place_batch(batch, learner, mesh))
             policy.params = _sampling_params(state, learner)
             learn = {f"learner/{k}": float(v) for k, v in jax.device_get(learn).items()}
             t3 = time.perf_counter()
@@ -292,7 +292,7 @@ def _sampling_params(state, learner: learner_lib.LearnerConfig):
     """The params the sampler uses: one replicated copy, in the model's dtype."""
     if learner.parallel == "single":
         return state.params
-    return learner_lib.host_params(state, learner)
+    return parallel.host_params(state, learner)
 
 
 def _savable(state, learner: learner_lib.LearnerConfig):
