@@ -5,17 +5,19 @@
     python launch/study.py --domains math --methods grpo,exit --seeds 0 --model smoke   # wiring check
 
 It (a) SFT-warm-starts one small model per domain (launch/pretrain.py, cached), (b) trains and evaluates
-every domain x method x seed with launch/train.py and gin/study/{domain}[_quick].gin, one run at a time
-(a run with eval.json is skipped; an interrupted one resumes from its checkpoint), (c) aggregates the runs
+every domain x method x seed with launch/train.py and gin/study/{domain}[_quick].gin, --jobs runs at a
+time (a run with eval.json is skipped; an interrupted one resumes from its checkpoint), (c) aggregates the runs
 into --out (cpu_study.json) and (d) writes cpu_study_meta.json, cpu_study_tables.md and PNGs beside it.
 """
 import argparse
+import concurrent.futures
 import datetime
 import json
 import os
 import platform
 import subprocess
 import sys
+import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,6 +74,42 @@ def run_one(spec, cmd) -> dict:
     return info
 
 
+class Progress:
+    """Finished-run count and an ETA for runs that go `jobs` at a time (called from several threads)."""
+
+    def __init__(self, total: int, jobs: int, t_start: float):
+        self.total, self.jobs, self.t_start, self.times = total, jobs, t_start, []
+        self.lock = threading.Lock()
+
+    def done(self, seconds: float) -> str:
+        with self.lock:
+            self.times.append(seconds)
+            left = self.total - len(self.times)
+            eta = sum(self.times) / len(self.times) * left / min(self.jobs, max(left, 1))
+            return f"elapsed {hms(time.time() - self.t_start)}, ETA {hms(eta)}"
+
+
+def run_and_report(i: int, spec, preset, models: dict, args, progress: Progress) -> str | None:
+    """Trains and evaluates one run; returns its name if it failed."""
+    gin_file = f"study/{spec.domain}{preset.gin_suffix}.gin"
+    extra = [f for f in (f"study/models_{spec.domain}.gin",) if os.path.exists(os.path.join(REPO, "gin", f))]
+    cmd = study.train_command(spec, gin_file, models[spec.domain], sys.executable,
+                              os.path.join(REPO, "launch", "train.py"), extra, args.gin)
+    n = progress.total
+    log(f"[{i}/{n}] {spec.name} -> {spec.workdir}")
+    t0 = time.time()
+    info = run_one(spec, cmd)
+    took = time.time() - t0
+    if info["rc"] or not spec.finished():
+        log(f"[{i}/{n}] {spec.name} FAILED (exit {info['rc']}) after {hms(took)}; see "
+            f"{spec.workdir}/study_run.log; {progress.done(took)}")
+        return spec.name
+    curve = study.aggregate([spec])[spec.domain][spec.method][0]["accuracy_by_k"]
+    log(f"[{i}/{n}] {spec.name} done in {hms(took)}: k=0 {curve[0]:.3f} -> k={len(curve) - 1} "
+        f"{curve[-1]:.3f}; {progress.done(took)}")
+    return None
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(study.PRESETS), default="full")
@@ -87,6 +125,9 @@ def main(argv=None) -> int:
     p.add_argument("--gin", action="append", default=[], metavar="NAME=VALUE",
                    help="extra binding for every run (repeatable), e.g. --gin NUM_ITERATIONS=2")
     p.add_argument("--report_only", action="store_true", help="aggregate the finished runs; train nothing")
+    # 2 on 2 cores: one run of a ~1M-parameter model keeps ~0.8 of the 2 cores busy (Python, sandboxed
+    # scripts and small XLA ops leave gaps), and a second process fills most of them.
+    p.add_argument("--jobs", type=int, default=2, help="runs (and pretrainings) at a time (default: 2)")
     args = p.parse_args(argv)
     preset = study.PRESETS[args.preset]
     try:
@@ -101,32 +142,21 @@ def main(argv=None) -> int:
                                        os.path.join(root, "quick", "results", "cpu_study.json")))
     methods = {d: methods or preset.methods_for(d) for d in domains}
     specs = study.plan_runs(os.path.join(root, args.preset), domains, methods, seeds)
+    if args.jobs < 1:
+        p.error(f"--jobs={args.jobs}: need at least 1.")
     started, t_start, failed = datetime.datetime.now().isoformat(timespec="seconds"), time.time(), []
     models = {}
     if not args.report_only:
-        for d in domains:
-            models[d] = args.model or pretrain(d, os.path.join(root, "pretrain", d), 0)
-        todo = [s for s in specs if not s.finished()]
-        log(f"preset {args.preset}: {len(specs)} runs, {len(specs) - len(todo)} already finished")
-        done_s = []
-        for i, spec in enumerate(todo, 1):
-            gin_file = f"study/{spec.domain}{preset.gin_suffix}.gin"
-            extra = [f for f in (f"study/models_{spec.domain}.gin",) if os.path.exists(os.path.join(REPO, "gin", f))]
-            cmd = study.train_command(spec, gin_file, models[spec.domain], sys.executable,
-                                      os.path.join(REPO, "launch", "train.py"), extra, args.gin)
-            log(f"[{i}/{len(todo)}] {spec.name} -> {spec.workdir}")
-            t0 = time.time()
-            info = run_one(spec, cmd)
-            done_s.append(time.time() - t0)
-            eta = sum(done_s) / len(done_s) * (len(todo) - i)
-            if info["rc"] or not spec.finished():
-                failed.append(spec.name)
-                log(f"[{i}/{len(todo)}] {spec.name} FAILED (exit {info['rc']}) after {hms(done_s[-1])}; "
-                    f"see {spec.workdir}/study_run.log")
-                continue
-            curve = study.aggregate([spec])[spec.domain][spec.method][0]["accuracy_by_k"]
-            log(f"[{i}/{len(todo)}] {spec.name} done in {hms(done_s[-1])}: k=0 {curve[0]:.3f} -> "
-                f"k={len(curve) - 1} {curve[-1]:.3f}; elapsed {hms(time.time() - t_start)}, ETA {hms(eta)}")
+        with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+            # One pretraining per domain (cached), then the runs, `--jobs` processes at a time.
+            models = dict(zip(domains, pool.map(
+                lambda d: args.model or pretrain(d, os.path.join(root, "pretrain", d), 0), domains)))
+            todo = [s for s in specs if not s.finished()]
+            log(f"preset {args.preset}: {len(specs)} runs, {len(specs) - len(todo)} already finished; "
+                f"{args.jobs} at a time")
+            progress = Progress(len(todo), args.jobs, t_start)
+            failed = [name for name in pool.map(
+                lambda item: run_and_report(*item, preset, models, args, progress), enumerate(todo, 1)) if name]
     results = study.aggregate(specs)
     study.write_json(out, results)
     out_dir = os.path.dirname(out)

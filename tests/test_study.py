@@ -5,6 +5,8 @@ import math
 import os
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -246,3 +248,30 @@ def test_chunked_policy_keeps_order_and_one_batch_shape():
     assert study.ChunkedPolicy(inner, 64).generate(convs[:2], 2) == [["0#0", "0#1"], ["1#0", "1#1"]]
     with pytest.raises(ValueError):
         study.ChunkedPolicy(inner, 0)
+
+
+def test_runs_go_jobs_at_a_time_and_failures_are_reported(tmp_path, monkeypatch):
+    launcher = _load_launcher()
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def fake_call(cmd, log_path):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.3)  # long enough for the other job to start
+        workdir = next(a for a in cmd if a.startswith("--gin.WORKDIR=")).split("=", 1)[1].strip("'")
+        seed = int(next(a for a in cmd if a.startswith("--gin.SEED=")).split("=")[1])
+        with lock:
+            running[0] -= 1
+        if seed == 1 and "--gin_file=exit.gin" in cmd:
+            return 3  # this run crashes: no eval.json
+        write_eval_json(os.path.join(workdir, "eval.json"), _math_eval("exit", seed, [0.25, 0.5, 0.75]))
+        return 0
+
+    monkeypatch.setattr(launcher, "call", fake_call)
+    out = tmp_path / "res" / "cpu_study.json"
+    rc = launcher.main(["--preset", "quick", "--domains", "math", "--methods", "grpo,exit", "--seeds", "0,1",
+                        "--root", str(tmp_path / "root"), "--out", str(out), "--model", "smoke", "--jobs", "2"])
+    meta = json.loads((out.parent / "cpu_study_meta.json").read_text())
+    assert rc == 1 and meta["failed"] == ["math/exit/seed1"] and peak[0] == 2
+    assert [len(v) for v in json.loads(out.read_text())["math"].values()] == [2, 1]
