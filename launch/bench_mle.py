@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 
-from exit_jax.envs.mle import lite, sandbox
+from exit_jax.envs.mle import bwrap, lite, sandbox
 
 SOLUTION = """
 import os
@@ -54,7 +54,7 @@ def main():
         pool.run_python("pass", task.public_dir)
         start_s = time.perf_counter() - t
         # A bare `bwrap ... python -c pass` with the same mounts: the floor of any cold path.
-        argv = sandbox._bwrap_argv(cfg, task.public_dir, empty, empty, [])
+        argv = bwrap.argv(cfg.python, task.public_dir, empty, empty, {}, [])
         bare = argv[:argv.index("-I")] + ["-c", "pass"]
         imports = "import numpy, pandas, sklearn.linear_model"
         checks = {"trivial": lambda r: r.ok, "imports": lambda r: r.ok, "evaluate": lambda g: g.valid}

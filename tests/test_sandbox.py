@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from exit_jax.envs.mle import sandbox
+from exit_jax.envs.mle import bwrap, sandbox
 
 needs_bwrap = pytest.mark.skipif(not sandbox.bwrap_available(), reason="bwrap cannot create namespaces here")
 CFG = sandbox.SandboxConfig(time_limit_s=10, memory_mb=512)
@@ -59,7 +59,7 @@ def test_each_run_gets_a_fresh_dir_and_tmp(box):
     box.run_python("open('left.txt', 'w').write('x')\nopen('/tmp/left.txt', 'w').write('x')\n")
     r = box.run_python("import os\nprint(sorted(os.listdir('.')), sorted(os.listdir('/tmp')))\n")
     # Only the directories that carry binds of a venv or checkout living under /tmp (as in CI) remain.
-    skeleton = sorted({m.split(os.sep)[0] for m in sandbox._tmp_mounts()})
+    skeleton = sorted({m.split(os.sep)[0] for m in bwrap.tmp_mounts()})
     assert r.stdout == f"['solution.py'] {skeleton}\n"
 
 

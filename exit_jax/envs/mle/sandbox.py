@@ -1,13 +1,7 @@
 """Runs model-written Python under bwrap: a security boundary, not a convenience (domains.md §4).
 
-Layout inside the sandbox (bwrap back end):
-
-    /sbx/data            the task's public files, read-only      (PUBLIC_RESOURCE_PATH)
-    /sbx/jobs/<random>   the run's fresh work dir (cwd), owned by the run's unprivileged uid
-    /sbx/warm_worker.py  the supervisor (stdlib only)
-    /tmp                 a per-sandbox scratch dir, emptied after every run
-    /usr, the Python prefix and the venv, read-only; dataset files shipped inside packages are hidden
-
+The bwrap back end (`envs.mle.bwrap`: its mounts and command line) shows the job its data read-only, a
+fresh work dir, a scratch /tmp, /usr and the Python prefix read-only, with package data files hidden.
 Nothing else of the host is visible; private answers are never mounted. Namespaces: pid, net (no network,
 not even loopback to the host), ipc, uts, cgroup. The supervisor (`warm_worker.py`) runs as root inside
 the sandbox with only CAP_SETUID/SETGID/KILL/SYS_PTRACE; each solution runs in a forked child with rlimits
@@ -25,9 +19,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import functools
-import glob
-import importlib.util
 import json
 import logging
 import os
@@ -43,14 +34,12 @@ import threading
 import time
 from typing import Mapping
 
-from exit_jax.envs.mle import warm_worker
+from exit_jax.envs.mle import bwrap, warm_worker
+from exit_jax.envs.mle.bwrap import DATA_MOUNT, JOBS_MOUNT, available as bwrap_available  # noqa: F401
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "bwrap", "unsafe_subprocess")
-DATA_MOUNT = "/sbx/data"
-JOBS_MOUNT = "/sbx/jobs"
-WORKER_MOUNT = "/sbx/warm_worker.py"
 SCRIPT_NAME = "solution.py"
 DEFAULT_PRELOAD = ("numpy", "pandas", "sklearn", "sklearn.linear_model", "sklearn.ensemble",
                    "sklearn.model_selection", "sklearn.metrics", "sklearn.preprocessing")
@@ -110,68 +99,6 @@ def _base_env(public_path: str, tmp: str, python: str) -> dict:
             "LANG": "C.UTF-8", "PATH": f"{os.path.dirname(python)}:/usr/bin:/bin"}
 
 
-def _package_data_paths() -> list[str]:
-    """Dataset files shipped inside installed packages: MLE-lite carves its hidden answers from them, so a
-    solution must not be able to reload them (e.g. `sklearn.datasets.load_digits()`)."""
-    paths = []
-    for pkg, pattern in (("sklearn", "datasets/data"), ("palmerpenguins", "data"),
-                         ("statsmodels", "datasets/*/*.csv")):
-        spec = importlib.util.find_spec(pkg)
-        if spec and spec.submodule_search_locations:
-            paths += sorted(glob.glob(os.path.join(spec.submodule_search_locations[0], pattern)))
-    return paths
-
-
-def _bwrap_argv(cfg: SandboxConfig, data_dir: str, jobs_dir: str, tmp_dir: str, worker_args: list) -> list:
-    prefix, base = os.path.realpath(sys.prefix), os.path.realpath(sys.base_prefix)
-    python = os.path.abspath(cfg.python)
-    ro = [(p, p) for p in dict.fromkeys([base, prefix, sys.prefix]) if not p.startswith("/usr/")]
-    argv = ["bwrap", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
-            "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--clearenv"]
-    if os.geteuid() == 0:
-        # The supervisor keeps only what it needs to drop to the job's uid, kill it, and read its memory
-        # use (smaps_rollup of a non-dumpable process needs CAP_SYS_PTRACE). Children lose all of them.
-        argv += ["--cap-drop", "ALL"] + [a for c in ("CAP_SETUID", "CAP_SETGID", "CAP_KILL", "CAP_SYS_PTRACE")
-                                          for a in ("--cap-add", c)]
-    argv += ["--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
-             "--symlink", "usr/bin", "/bin", "--symlink", "usr/sbin", "/sbin", "--proc", "/proc", "--dev", "/dev",
-             # /tmp first: binds below it (a project or venv that lives under /tmp) must go on top of it.
-             "--bind", tmp_dir, "/tmp"]
-    made = {"/", "/usr", "/tmp"}
-    # bwrap creates missing parents 0700 when run as root; the job's uid must be able to traverse them.
-    for _, dst in ro + [("", "/sbx/x")]:
-        parts = dst.split("/")
-        for i in range(2, len(parts)):
-            anc = "/".join(parts[:i])
-            if anc not in made:
-                made.add(anc)
-                argv += ["--perms", "0755", "--dir", anc]
-    for src, dst in ro:
-        argv += ["--ro-bind", src, dst]
-    if cfg.hide_package_data:
-        for p in _package_data_paths():
-            argv += ["--tmpfs", p] if os.path.isdir(p) else ["--ro-bind", "/dev/null", p]
-    argv += ["--ro-bind", os.path.abspath(warm_worker.__file__), WORKER_MOUNT,
-             "--ro-bind", data_dir, DATA_MOUNT, "--bind", jobs_dir, JOBS_MOUNT]
-    for k, v in _base_env(DATA_MOUNT, "/tmp", python).items():
-        argv += ["--setenv", k, v]
-    return argv + ["--chdir", "/sbx", python, "-I", WORKER_MOUNT] + worker_args
-
-
-@functools.lru_cache(maxsize=None)
-def bwrap_available() -> bool:
-    """Whether bwrap can create its namespaces here (Ubuntu 24.04's AppArmor may forbid it)."""
-    if shutil.which("bwrap") is None:
-        return False
-    try:
-        r = subprocess.run(["bwrap", "--unshare-all", "--die-with-parent", "--ro-bind", "/usr", "/usr",
-                            "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
-                            "--symlink", "usr/lib64", "/lib64", "true"], capture_output=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return r.returncode == 0
-
-
 def resolve_backend(cfg: SandboxConfig) -> str:
     """The back end a run with `cfg` uses; raises when bwrap is needed but unusable."""
     if cfg.backend == "unsafe_subprocess":
@@ -215,7 +142,9 @@ class _Worker:
             self.uid = None
         args = ["--preload", ",".join(cfg.preload)] if warm else ["--once"]
         if self.backend == "bwrap":
-            argv, env, cwd = _bwrap_argv(cfg, self.data_dir, self.jobs, self.tmp, args), {}, self.root
+            argv = bwrap.argv(cfg.python, self.data_dir, self.jobs, self.tmp,
+                              _base_env(DATA_MOUNT, "/tmp", cfg.python), args, cfg.hide_package_data)
+            env, cwd = {}, self.root
         else:
             argv = [os.path.abspath(cfg.python), "-I", os.path.abspath(warm_worker.__file__)] + args
             env, cwd = _base_env(self.data_dir, self.tmp, cfg.python), self.root
@@ -292,7 +221,7 @@ class _Worker:
         outputs = _collect_outputs(host_dir, cfg.max_output_mb << 20)
         if self.alive():
             shutil.rmtree(host_dir, ignore_errors=True)
-            _empty_dir(self.tmp, _tmp_mounts() if self.backend == "bwrap" else ())
+            bwrap.empty_dir(self.tmp, bwrap.tmp_mounts() if self.backend == "bwrap" else ())
         return RunResult(returncode=reply["returncode"], stdout=reply["stdout"], stderr=reply["stderr"],
                          timed_out=reply["timed_out"], outputs=outputs, backend=self.backend,
                          runtime_s=reply["runtime_s"], reason=reply["reason"], warm=self.warm)
@@ -349,32 +278,6 @@ def _collect_outputs(job_dir: str, max_bytes: int) -> dict:
         finally:
             os.close(fd)
     return outputs
-
-
-def _tmp_mounts() -> tuple:
-    """Read-only binds that lie under /tmp (a venv or checkout there), relative to /tmp."""
-    roots = dict.fromkeys(os.path.realpath(p) for p in (sys.base_prefix, sys.prefix))
-    return tuple(os.path.relpath(p, "/tmp") for p in roots if p.startswith("/tmp/"))
-
-
-def _empty_dir(path: str, mounts: tuple = ()) -> None:
-    """Deletes what a job left in `path`, but not the directories that carry the sandbox's binds: deleting
-    a mount point on the host unmounts it inside the sandbox (Linux >= 3.18), which would pull the venv
-    out from under a warm worker."""
-    for e in os.scandir(path):
-        rel = os.path.relpath(e.path, path)
-        inner = tuple(os.path.relpath(m, rel) for m in mounts if m.startswith(rel + os.sep))
-        if rel in mounts:
-            continue
-        if inner and e.is_dir(follow_symlinks=False):
-            _empty_dir(e.path, inner)
-        elif e.is_dir(follow_symlinks=False):
-            shutil.rmtree(e.path, ignore_errors=True)
-        else:
-            try:
-                os.unlink(e.path)
-            except OSError:
-                pass
 
 
 # ------------------------------------------------------------------------------------------- public
