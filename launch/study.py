@@ -115,8 +115,7 @@ def main(argv=None) -> int:
     p.add_argument("--preset", choices=sorted(study.PRESETS), default="full")
     p.add_argument("--domains", help=f"comma-separated, of {','.join(study.DOMAINS)} (default: the preset's; "
                                      "quick: math)")
-    p.add_argument("--methods", help=f"comma-separated, of {','.join(study.METHODS)}, for every domain "
-                                     "(default: the preset's)")
+    p.add_argument("--methods", help=f"comma-separated, of {','.join(study.METHODS)} (default: the preset's)")
     p.add_argument("--seeds", help="comma-separated integers (default: the preset's)")
     p.add_argument("--root", default="runs/study", help="run directories: ROOT/PRESET/DOMAIN/METHOD/seedS")
     p.add_argument("--out", help="cpu_study.json path (default: notebooks/results/cpu_study.json for "
@@ -132,7 +131,7 @@ def main(argv=None) -> int:
     preset = study.PRESETS[args.preset]
     try:
         domains = study.parse_list(args.domains, study.DOMAINS, "domains") or preset.domains
-        methods = study.parse_list(args.methods, study.METHODS, "methods")
+        methods = study.parse_list(args.methods, study.METHODS, "methods") or preset.methods
         seeds = tuple(int(s) for s in (study.parse_list(args.seeds, None, "seeds") or preset.seeds))
     except ValueError as e:
         p.error(str(e))
@@ -140,7 +139,6 @@ def main(argv=None) -> int:
     out = os.path.abspath(args.out or (os.path.join(REPO, "notebooks", "results", "cpu_study.json")
                                        if args.preset == "full" else
                                        os.path.join(root, "quick", "results", "cpu_study.json")))
-    methods = {d: methods or preset.methods_for(d) for d in domains}
     specs = study.plan_runs(os.path.join(root, args.preset), domains, methods, seeds)
     if args.jobs < 1:
         p.error(f"--jobs={args.jobs}: need at least 1.")

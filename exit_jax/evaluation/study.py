@@ -36,18 +36,10 @@ class Preset:
     methods: tuple
     seeds: tuple
     domains: tuple = DOMAINS
-    # Per-domain method lists that replace `methods` for that domain (when --methods is not given).
-    domain_methods: tuple = ()  # ((domain, methods), ...)
-
-    def methods_for(self, domain: str) -> tuple:
-        return dict(self.domain_methods).get(domain, self.methods)
 
 
 PRESETS = {
-    # MLE-lite runs base / GRPO / ExIt only: one MLE run costs ~15 min on 2 cores (3k-token prompts, 450-
-    # token scripts, a sandboxed fit per rollout), so all five methods x 3 seeds would take ~4.5 h alone.
-    # `--methods grpo,curriculum,improve,diverge,exit` runs them all on both domains.
-    "full": Preset("", METHODS, (0, 1, 2), domain_methods=(("mle", ("base", "grpo", "exit")),)),
+    "full": Preset("", METHODS, (0, 1, 2)),
     "quick": Preset("_quick", ("base", "grpo", "exit"), (0,), domains=("math",)),
 }
 
@@ -87,13 +79,11 @@ def parse_list(text: str | None, allowed: Sequence[str] | None, what: str) -> tu
     return items
 
 
-def plan_runs(root: str, domains: Sequence[str], methods: Sequence[str] | Mapping[str, Sequence[str]],
-              seeds: Sequence[int]) -> list[RunSpec]:
-    """Seed-major order: an interrupted study has every method's seed 0 before any seed 1. `methods` is
-    one list for every domain or {domain: list}."""
-    per_domain = methods if isinstance(methods, Mapping) else {d: methods for d in domains}
+def plan_runs(root: str, domains: Sequence[str], methods: Sequence[str], seeds: Sequence[int]
+              ) -> list[RunSpec]:
+    """Seed-major order: an interrupted study has every method's seed 0 before any seed 1."""
     return [RunSpec(d, m, int(s), os.path.join(root, d, m, f"seed{s}"))
-            for s in seeds for d in domains for m in per_domain[d]]
+            for s in seeds for d in domains for m in methods]
 
 
 def train_command(spec: RunSpec, gin_file: str, model: str, python: str, train_py: str,
