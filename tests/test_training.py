@@ -232,3 +232,22 @@ def test_launcher_reports_a_missing_checkpoint_in_one_sentence(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert "no_such_model" in out.stderr.strip().splitlines()[-1]
+
+
+def test_evaluation_seeds_follow_the_run_seed(tmp_path, math_domain):
+    # An untrained policy evaluated under seeds 0 and 1 must sample independently (issue 9's base rows),
+    # and the same seed must give the same evaluation (resume exactness).
+    policy = loop.TextPolicy(loop.load_model("smoke", math_domain, str(tmp_path)), SMOKE_SAMPLING)
+    seen = []
+
+    def evaluate(policy, **_):
+        seen.append(policy.calls)
+        replies = policy.generate([[{"role": "user", "content": "1 + 1 = ?"}]], num_samples=4)
+        return {"evaluations": {"e": {"headline": "c", "curves": {"c": ["|".join(replies[0])]}}}}
+
+    def run(seed):
+        cfg = loop.RunConfig(workdir=str(tmp_path), num_iterations=0, seed=seed)
+        return loop._evaluate(evaluate, policy, math_domain, cfg, preset("math", "grpo"), 0)
+
+    first, again, other = run(0), run(0), run(1)
+    assert seen == [0, 0, loop.EVAL_SEED_STRIDE] and first == again and first != other

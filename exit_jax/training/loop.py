@@ -229,10 +229,16 @@ def train(run: RunConfig, model: Any, domain: Domain, curriculum: CurriculumConf
     return metrics
 
 
+EVAL_SEED_STRIDE = 1_000_000  # sampler calls an evaluation may make before two seeds' draws could meet
+
+
 def _evaluate(evaluate_fn, policy: TextPolicy, domain: Domain, run: RunConfig,
               curriculum: CurriculumConfig, iteration: int) -> dict:
     """Runs the evaluation on the current params; returns the headline curve's ends as metrics."""
-    policy.calls = 0  # evaluation seeds depend only on the evaluation itself, so resumes reproduce it
+    # Evaluation seeds depend only on the run's seed and the evaluation itself: resumes reproduce it, and
+    # runs with different seeds sample independently (an untrained model evaluated with seeds 0, 1, 2
+    # must not give three copies of one estimate).
+    policy.calls = EVAL_SEED_STRIDE * run.seed
     record = evaluate_fn(policy=policy, domain=domain, workdir=run.workdir, method=curriculum.method,
                          seed=run.seed, iteration=iteration)
     out = {}
