@@ -207,12 +207,15 @@ def plot_curriculum(runs: Mapping[str, Sequence[Mapping]] | Sequence[Mapping], p
     cols = min(3, len(keys))
     rows = math.ceil(len(keys) / cols)
     fig, axes = _subplots(rows, cols, (4.4 * cols, 3.2 * rows))
+    # One colour per run in every panel: a run that lacks a panel's key (GRPO logs no sampled depth) must
+    # not shift the others' colours, or the one legend would mislabel them.
+    colors = {label: f"C{i % 10}" for i, label in enumerate(runs)}
     for ax, key in zip(axes.flat, keys):
         for label, records in runs.items():
             pts = [(r["iteration"], _as_float(r[key])) for r in records if key in r and "iteration" in r]
             if pts:
                 x, y = zip(*sorted(pts))
-                ax.plot(x, y, label=label, linewidth=1.2)
+                ax.plot(x, y, label=label, linewidth=1.2, color=colors[label])
         ax.set_title(curve_label(key), fontsize=10)
         ax.set_xlabel("training iteration")
         ax.grid(alpha=0.3)
