@@ -152,18 +152,21 @@ def training_summary(records: Sequence[Mapping]) -> dict:
             "reward_end": _mean(r.get("reward/mean") for r in records[-tenth:])}
 
 
+def _json_curve(curve) -> list:
+    """Floats, with None where a value is missing or not finite (JSON has no NaN)."""
+    return [None if v is None or not math.isfinite(float(v)) else float(v) for v in curve]
+
+
 def run_record(seed: int, eval_record: Mapping, metrics: Sequence[Mapping]) -> dict:
     """One seed's entry of cpu_study.json."""
     (name, ev), = list(eval_record["evaluations"].items())[:1]
     curves = ev["curves"]
-    record = {"seed": int(seed), "accuracy_by_k": [None if v is None or not math.isfinite(float(v))
-                                                   else float(v) for v in curves[ev["headline"]]],
+    record = {"seed": int(seed), "accuracy_by_k": _json_curve(curves[ev["headline"]]),
               "metric": ev["headline"], "evaluation": name, "K": ev["K"], "n": ev.get("n"),
               "num_tasks": ev.get("num_tasks")}
     for cname, curve in sorted(curves.items()):
         if cname != ev["headline"]:
-            record[f"{cname}_by_k"] = [None if v is None or not math.isfinite(float(v)) else float(v)
-                                       for v in curve]
+            record[f"{cname}_by_k"] = _json_curve(curve)
     record["training"] = training_summary(metrics)
     record["curriculum"] = curriculum_summary(metrics)
     return record
@@ -233,7 +236,6 @@ def endpoints(records: Sequence[Mapping], key: str = "accuracy_by_k") -> tuple[l
     return first, last, delta
 
 
-
 def load_metrics(specs: Sequence[RunSpec]) -> dict:
     """{domain: {method: [metrics.jsonl records of each finished seed]}} for the curriculum plots."""
     from exit_jax.training.metrics import read_metrics
@@ -284,7 +286,7 @@ class ChunkedPolicy:
     replies are dropped) so that the sampler compiles one batch shape.
 
     Why: the evaluation sends every chain of a step in one call (math: tasks x n rows), and on 2 CPU
-    cores a 3M-parameter sampler costs ~3x more per row at 256 rows than at 64 (measured; the KV cache
+    cores a ~1M-parameter sampler costs ~3x more per row at 256 rows than at 64 (measured; the KV cache
     and the row count both grow). Chunking changes which sampler seed a row gets, not what is measured.
     """
 
