@@ -273,3 +273,9 @@ def test_runs_go_jobs_at_a_time_and_failures_are_reported(tmp_path, monkeypatch)
     meta = json.loads((out.parent / "cpu_study_meta.json").read_text())
     assert rc == 1 and meta["failed"] == ["math/exit/seed1"] and peak[0] == 2
     assert [len(v) for v in json.loads(out.read_text())["math"].values()] == [2, 1]
+
+
+def test_jobs_below_one_is_refused_with_one_sentence(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        _load_launcher().main(["--jobs", "0", "--root", str(tmp_path), "--model", "smoke"])
+    assert "--jobs=0: need at least 1." in capsys.readouterr().err
