@@ -5,8 +5,9 @@
 
 Steps: generate the corpus (exit_jax.pretrain.<domain>_corpus) on the domain's training tasks, train a
 sentencepiece tokenizer on it, SFT a freshly initialised model, save it where `models.load(out)` (and so
-`MODEL = "<out>"` in gin) finds it, and, for math, check greedy and T=1 accuracy at k=0 and after one
-self-improvement step on held-out tasks. `out/pretrain.json` records the configuration hash, the loss
+`MODEL = "<out>"` in gin) finds it, and check it on held-out tasks: for math, greedy and T=1 accuracy at
+k=0 and after one self-improvement step; for MLE, how many first attempts run and make a valid submission
+and their normalized scores. `out/pretrain.json` records the configuration hash, the loss
 curve and the check; a rerun with the same configuration skips, a different one rebuilds `out`.
 """
 import argparse
@@ -32,11 +33,16 @@ MATH_FAMILIES = "arith,linear_eq,number_theory,word"
 # are guesses (greedy ~10%, T=1 ~2% held-out accuracy, against ~25% / ~14% at 4,800).
 DEFAULTS = {
     "math": {"examples": 60000, "corpus_tasks": 8000, "steps": 4800, "max_len": 384, "tokens_per_batch": 2048,
-             "vocab": 768},
+             "vocab": 768, "eval_tasks": 64, "eval_n": 2},
     # MLE: one fixed ~28-line script layout with choices; 300 steps of 8k tokens (~2.5M tokens, ~1,600
     # examples seen once) on prompts of ~1-1.5k tokens. A 2,048-piece vocabulary turns the prompt's fixed
     # instructions into few tokens (768 pieces: ~2k tokens an attempt example, ~2.7k a debug one).
-    "mle": {"examples": 2000, "steps": 300, "max_len": 2560, "tokens_per_batch": 8192, "vocab": 2048},
+    # The corpus uses every MLE-lite task but the study's held-out ones, plus 96 procedural tasks: trained
+    # on six tasks alone, the model tied each task's title to its prediction line and wrote a broken or
+    # wrong-kind script on every unseen task (0 valid of 48 held-out attempts).
+    "mle": {"examples": 2000, "steps": 300, "max_len": 2560, "tokens_per_batch": 8192, "vocab": 2048,
+            "held_out": "randhie,synth_multiclass,synth_clf_hard", "procedural_tasks": 96, "eval_tasks": 3,
+            "eval_n": 4},
 }
 
 
@@ -57,9 +63,12 @@ def parse(argv):
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--ffn", type=int, default=384)
+    p.add_argument("--held_out", help="mle: comma-separated MLE-lite ids kept out of the corpus and checked "
+                                      "(gin/study/mle.gin's held-out tasks)")
+    p.add_argument("--procedural_tasks", type=int, help="mle: procedural tasks added to the corpus")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval_tasks", type=int, default=64, help="math: held-out tasks of the check (0: skip)")
-    p.add_argument("--eval_n", type=int, default=2, help="chains per task at T=1")
+    p.add_argument("--eval_tasks", type=int, help="held-out tasks of the check (0: skip)")
+    p.add_argument("--eval_n", type=int, help="samples per task at T=1")
     args = p.parse_args(argv)
     for key, value in DEFAULTS[args.domain].items():
         if getattr(args, key) is None:
@@ -68,7 +77,8 @@ def parse(argv):
 
 
 def config_hash(args) -> str:
-    fields = {k: v for k, v in sorted(vars(args).items()) if k != "out"}
+    # Unset flags (those of the other domain) are left out, so adding a flag keeps existing models valid.
+    fields = {k: v for k, v in sorted(vars(args).items()) if k != "out" and v is not None}
     fields["recipe_version"] = RECIPE_VERSION
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -80,14 +90,23 @@ def _math_domain(args):
                         seed=1000 + args.seed)  # a task stream apart from the RL runs' (seed 0)
 
 
-def _domain(args):
-    if args.domain == "math":
-        return _math_domain(args)
+def _mle_domain(args):
+    """Every MLE-lite task but the held-out ones, plus procedural ones, to train on; the held-out to check."""
+    from exit_jax.envs.mle import env as mle_env
+    from exit_jax.envs.mle import lite
     from exit_jax.training import domains
-    return domains.mle()
+    held_out = [i for i in args.held_out.split(",") if i]
+    domain = domains.mle(train_ids=[s.id for s in lite.specs() if s.id not in held_out], eval_ids=held_out)
+    # seed 1000 + seed: apart from any task stream an RL run or test draws
+    procedural = tuple(map(mle_env.as_task, lite.procedural_tasks(args.procedural_tasks, seed=1000 + args.seed)))
+    return dataclasses.replace(domain, train_tasks=domain.train_tasks + procedural)
 
 
-def check(lm, domain, args) -> dict:
+def _domain(args):
+    return _math_domain(args) if args.domain == "math" else _mle_domain(args)
+
+
+def check_math(lm, domain, args) -> dict:
     """Accuracy at k = 0 and k = 1 on held-out math tasks: greedy (1 chain) and T = 1 (eval_n chains)."""
     from exit_jax.envs import math as math_env
     from exit_jax.evaluation import self_improve
@@ -106,6 +125,36 @@ def check(lm, domain, args) -> dict:
                      "groups": {g: v["curves"]["accuracy"] for g, v in record.get("groups", {}).items()},
                      "sample": result.responses[0][0]}
     return out
+
+
+def check_mle(lm, domain, args) -> dict:
+    """First attempts on held-out MLE tasks, greedy (1) and T=1 (eval_n): valid fraction, mean normalized
+    score and the errors, per task; the RL study needs a warm start whose scripts run on unseen tasks."""
+    from exit_jax.evaluation import greedy_search
+    from exit_jax.training.policy import SamplingConfig, TextPolicy
+    tasks = domain.eval_tasks[:args.eval_tasks]
+    sampling = SamplingConfig(max_new_tokens=544, max_prompt_tokens=2048, min_bucket=128)  # study/mle.gin's
+    policy = TextPolicy(lm, sampling)
+    out = {"num_tasks": len(tasks)}
+    for name, temperature, n in (("greedy", 0.0, 1), ("t1", 1.0, args.eval_n)):
+        policy.config = dataclasses.replace(sampling, temperature=temperature)
+        replies = policy.generate([list(domain.make_env(t).reset()) for t in tasks], num_samples=n, seed=0)
+        per_task = {}
+        for task, row in zip(tasks, replies):
+            graded = [greedy_search.outcome_of(_step(domain, task, r), r, task) for r in row]
+            per_task[task.id] = {"valid": sum(g["valid"] for g in graded) / n,
+                                 "normalized": sum(g["normalized"] for g in graded) / n,
+                                 "errors": [g["error"][-300:] for g in graded if not g["valid"]]}
+        out[name] = {"valid": _mean([v["valid"] for v in per_task.values()]),
+                     "normalized": _mean([v["normalized"] for v in per_task.values()]), "tasks": per_task,
+                     "sample": replies[0][0]}
+    return out
+
+
+def _step(domain, task, reply):
+    env = domain.make_env(task)
+    env.reset()
+    return env.step(reply)
 
 
 def pretrain(args, digest: str, work: str) -> dict:
@@ -142,9 +191,9 @@ def pretrain(args, digest: str, work: str) -> dict:
                 "loss_start": float(np.mean(result.losses[:10])), "loss_end": float(np.mean(result.losses[-50:])),
                 "losses": result.losses},
     }
-    if args.domain == "math" and args.eval_tasks > 0:
+    if args.eval_tasks > 0:
         start = time.time()
-        summary["check"] = check(lm, domain, args)
+        summary["check"] = (check_math if args.domain == "math" else check_mle)(lm, domain, args)
         summary["check"]["seconds"] = time.time() - start
     return summary
 
@@ -158,7 +207,11 @@ def report(summary: dict) -> None:
     print(f"model {summary['model']['name']}: {summary['num_params'] / 1e6:.2f}M params; SFT {s['seconds']:.0f}s, "
           f"{s['tokens'] / max(s['seconds'], 1e-9):.0f} tok/s, loss {s['loss_start']:.3f} -> {s['loss_end']:.3f}")
     for name, c in summary.get("check", {}).items():
-        if isinstance(c, dict):
+        if isinstance(c, dict) and "tasks" in c:  # mle
+            tasks = ", ".join(f"{t} {v['valid']:.2f}/{v['normalized']:.2f}" for t, v in c["tasks"].items())
+            print(f"held-out check ({name}): valid {c['valid']:.2f}, normalized {c['normalized']:.3f} "
+                  f"(valid/normalized by task: {tasks})")
+        elif isinstance(c, dict):
             acc = ", ".join(f"k={k}: {a:.3f}" for k, a in enumerate(c["accuracy_by_k"]))
             print(f"held-out check ({name}, {summary['check']['num_tasks']} tasks): {acc}; "
                   f"net corrections {c['net_corrections_by_k'][-1]:+.2f}")

@@ -90,13 +90,15 @@ def _make_classification(n_samples: int, n_features: int, n_informative: int, n_
 
 
 def _make_regression(n_samples: int, n_features: int, n_informative: int, noise: float, seed: int,
-                     n_bins: int = 0):
+                     n_bins: int = 0, nonnegative: bool = False):
     def load():
         from sklearn.datasets import make_regression
         X, y = make_regression(n_samples=n_samples, n_features=n_features, n_informative=n_informative,
                                noise=noise, random_state=seed)
         if n_bins:  # an ordinal target for quadratic weighted kappa
             y = np.digitize(y, np.quantile(y, np.linspace(0, 1, n_bins + 1)[1:-1]))
+        elif nonnegative:  # RMSLE needs y >= 0: shift to start at 0
+            y = y - y.min()
         return pd.DataFrame(X, columns=[f"x{i}" for i in range(n_features)]), pd.Series(y)
     return load
 
@@ -106,9 +108,12 @@ def synthetic_classification(id: str, n_samples: int = 1500, n_features: int = 2
                              weights: tuple | None = None, metric: str = "accuracy", seed: int = 7301
                              ) -> LiteSpec:
     """A make_classification task; lower class_sep, higher flip_y and skewed weights make it harder."""
+    kind = grading.METRICS[metric][1]
+    what = {"label": f"the class `target` (one of {n_classes})",
+            "proba": f"the probability of each of the {n_classes} classes of `target`",
+            "proba_binary": "the probability that `target` is 1"}[kind]
     return LiteSpec(id, f"Synthetic classification ({id})",
-                    f"Predict the class `target` (one of {n_classes}) of each row from {n_features} anonymous "
-                    "numeric features.", metric, "target",
+                    f"For each row, predict {what} from {n_features} anonymous numeric features.", metric, "target",
                     _make_classification(n_samples, n_features, n_informative, n_classes, class_sep, flip_y,
                                          weights, seed), seed=seed)
 
@@ -117,11 +122,12 @@ def synthetic_regression(id: str, n_samples: int = 1500, n_features: int = 15, n
                          noise: float = 20.0, metric: str = "rmse", n_bins: int = 0, seed: int = 5113
                          ) -> LiteSpec:
     """A make_regression task; more noise and fewer informative features make it harder. With n_bins the
-    target is binned into ordered classes (use metric="qwk")."""
+    target is binned into ordered classes (use metric="qwk"); for RMSLE it is shifted to be non-negative."""
     what = f"the ordinal class `target` (0..{n_bins - 1})" if n_bins else "the real value `target`"
     return LiteSpec(id, f"Synthetic regression ({id})",
-                    f"Predict {what} of each row from {n_features} anonymous numeric features.", metric,
-                    "target", _make_regression(n_samples, n_features, n_informative, noise, seed, n_bins),
+                    f"For each row, predict {what} from {n_features} anonymous numeric features.", metric,
+                    "target", _make_regression(n_samples, n_features, n_informative, noise, seed, n_bins,
+                                               nonnegative=metric == "rmsle"),
                     seed=seed)
 
 
@@ -157,6 +163,37 @@ def specs() -> list:
         synthetic_regression("synth_reg", noise=40.0, metric="r2"),
         synthetic_regression("synth_ordinal", noise=30.0, n_bins=5, metric="qwk"),
     ]
+
+
+# Metrics of procedural tasks (every single-target metric of grading.METRICS): the warm start's corpus
+# sees each prediction kind on many tasks, so it must read the kind from the task's description.
+PROCEDURAL_METRICS = ("accuracy", "qwk", "roc_auc", "log_loss", "rmse", "rmsle", "mae", "r2")
+
+
+def procedural_specs(n: int, seed: int = 0) -> list:
+    """n synthetic tasks `proc_<seed>_<i>` with random size, difficulty and metric (cycling through
+    PROCEDURAL_METRICS): a task stream for supervised warm starts, apart from specs()."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        metric, task_seed = PROCEDURAL_METRICS[i % len(PROCEDURAL_METRICS)], 100_000 + 1_000 * seed + i
+        id = f"proc_{seed}_{i}"
+        n_samples, n_features = int(rng.integers(300, 1501)), int(rng.integers(4, 31))
+        n_informative = int(rng.integers(2, n_features + 1))
+        if grading.METRICS[metric][1] == "value" or metric == "qwk":
+            out.append(synthetic_regression(id, n_samples, n_features, n_informative,
+                                            noise=float(rng.choice([5.0, 20.0, 40.0, 80.0])), metric=metric,
+                                            n_bins=int(rng.integers(3, 7)) if metric == "qwk" else 0,
+                                            seed=task_seed))
+        else:
+            n_classes = 2 if metric == "roc_auc" else int(rng.integers(2, 6))
+            # make_classification needs 2 clusters per class <= 2 ** n_informative
+            n_informative = max(n_informative, int(np.ceil(np.log2(2 * n_classes))))
+            out.append(synthetic_classification(id, n_samples, n_features, n_informative, n_classes,
+                                                class_sep=float(rng.choice([0.5, 1.0, 1.5])),
+                                                flip_y=float(rng.choice([0.0, 0.05, 0.1])), metric=metric,
+                                                seed=task_seed))
+    return out
 
 
 # ------------------------------------------------------------------------------------------- tasks
@@ -390,6 +427,11 @@ class LiteTask:
         return Task(id=self.id, domain="mle", data={"task_description": self.description,
                                                     "preview_contents": self.preview_contents(),
                                                     "mle_task": self})
+
+
+def procedural_tasks(n: int, seed: int = 0, cache_dir: str | None = None) -> list:
+    """The LiteTasks of procedural_specs(n, seed)."""
+    return [LiteTask(spec, cache_dir) for spec in procedural_specs(n, seed)]
 
 
 def tasks(ids: Sequence[str] | None = None, cache_dir: str | None = None, time_limit_s: float | None = None,
