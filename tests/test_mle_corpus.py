@@ -187,3 +187,17 @@ def test_every_family_runs_on_every_task(cache):
                 spec = mc.sample_spec(rng, mc.task_mode(task), family)
                 info = mc.run_reply(task, make_env, mc.render(spec))
                 assert info["valid"], (task.id, family, info["error"])
+
+
+@needs_bwrap
+def test_grammar_scripts_are_valid_on_procedural_tasks_of_every_metric(cache):
+    """The warm start's corpus trains on procedural tasks: its targets must be right for every metric."""
+    procedural = [t.as_task() for t in lite.procedural_tasks(len(lite.PROCEDURAL_METRICS), seed=9, cache_dir=cache)]
+    rng = np.random.default_rng(6)
+    with sandbox.WarmPool(max_workers=2) as pool:
+        for task in procedural:
+            env = MLEEnv(task, pool=pool, time_limit_s=60)
+            env.reset()
+            code = mc.render(mc.sample_spec(rng, mc.task_mode(task), "linear"))
+            result = env.step(mc.reply(code))
+            assert result.info["valid"], (task.id, result.info["error"])

@@ -125,3 +125,20 @@ def test_as_task_carries_the_prompt_fields(cancer):
     assert task.domain == "mle" and task.id == "breast_cancer"
     assert task.data["task_description"] == cancer.description
     assert "-> train.csv" in task.data["preview_contents"] and "-> test.csv" in task.data["preview_contents"]
+
+
+def test_procedural_tasks_cover_every_metric_and_state_the_kind(tmp_path):
+    specs = lite.procedural_specs(16, seed=3)
+    assert [s.metric for s in specs[:8]] == list(lite.PROCEDURAL_METRICS)
+    assert len({s.id for s in specs}) == 16 and not {s.id for s in specs} & {s.id for s in lite.specs()}
+    assert specs == lite.procedural_specs(16, seed=3) and specs != lite.procedural_specs(16, seed=4)
+    said = {"label": "predict the class", "proba": "probability of each", "proba_binary": "probability that",
+            "value": "predict the real value"}
+    for spec in specs[:8]:
+        t = lite.LiteTask(spec, str(tmp_path))
+        expected = "ordinal class" if t.metric == "qwk" else said[t.kind]
+        assert expected in t.spec.goal, (t.metric, t.spec.goal)
+        if t.metric == "rmsle":  # log(1 + y) needs y >= 0
+            assert min(t._y[s].min() for s in t._y) >= 0
+        if t.kind == "proba":
+            assert len(t.target_cols) >= 2

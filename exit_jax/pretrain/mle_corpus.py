@@ -321,8 +321,9 @@ def examples(tasks: Sequence[Task], make_env: Callable[[Task], Env], rng: np.ran
     """n examples over `tasks` (uniform), kinds drawn from `mix` (default DEFAULT_MIX).
 
     Debug examples run their buggy script in the env's sandbox (~0.05-1 s each: most bugs fail before
-    fitting), so they need bwrap; leave "debug" out of `mix` where the sandbox cannot run. Pass the same
-    `traces` dict to later calls to reuse those runs.
+    fitting), so they need bwrap; leave "debug" out of `mix` where the sandbox cannot run. Examples are
+    built task by task (then put back in draw order), so a warm sandbox pool with fewer data dirs than
+    `tasks` starts each task's sandboxes once. Pass the same `traces` dict to later calls to reuse runs.
     """
     if not tasks:
         raise ValueError("mle_corpus.examples needs at least one task.")
@@ -335,11 +336,17 @@ def examples(tasks: Sequence[Task], make_env: Callable[[Task], Env], rng: np.ran
     traces = {} if traces is None else traces
     out: list[Example] = []
     misses = 0
-    while len(out) < n:
-        task = tasks[int(rng.integers(len(tasks)))]
-        ex = make_example(task, make_env, rng, kinds[int(rng.choice(len(kinds), p=p / p.sum()))], traces)
-        if ex is not None:
-            out.append(ex)
-        elif (misses := misses + 1) > 100 + n:  # every bug is meant to fail; a loop here is a bug
+    while len(out) < n:  # rounds: a debug draw whose bug ran without error is drawn again
+        need = n - len(out)
+        plan = [(int(rng.integers(len(tasks))), kinds[int(rng.choice(len(kinds), p=p / p.sum()))])
+                for _ in range(need)]
+        seeds = rng.integers(2**63, size=need)  # one stream per example: the result is order-independent
+        made: list = [None] * need
+        for i in sorted(range(need), key=lambda i: plan[i][0]):
+            t, kind = plan[i]
+            made[i] = make_example(tasks[t], make_env, np.random.default_rng(seeds[i]), kind, traces)
+        out += [ex for ex in made if ex is not None]
+        misses += made.count(None)
+        if misses > 100 + n:  # every bug is meant to fail; a loop here is a bug
             raise RuntimeError("mle_corpus: injected bugs keep running without error; check BUGS.")
     return out
