@@ -23,6 +23,9 @@ import time
 # Bump when the corpus or the recipe changes what a given configuration produces.
 RECIPE_VERSION = 5
 CORPORA = {"math": "exit_jax.pretrain.math_corpus", "mle": "exit_jax.pretrain.mle_corpus"}
+# The model's position limit (RoPE: no learned positions, so this only bounds what the sampler accepts):
+# above the longest prompt + reply an RL run samples (study/mle.gin: 2,048 + 544 tokens).
+MAX_POSITIONS = {"math": 1024, "mle": 4096}
 # The quickstart's families and levels: those a few-million-parameter model can partly learn.
 MATH_FAMILIES = "arith,linear_eq,number_theory,word"
 
@@ -168,7 +171,7 @@ def pretrain(args, digest: str, work: str) -> dict:
     corpus = importlib.import_module(CORPORA[args.domain])
     examples = corpus.examples(domain.train_tasks, domain.make_env, np.random.default_rng(args.seed), args.examples)
     config = sft.study_config(args.vocab, args.d_model, args.layers, args.heads, args.ffn,
-                              name=f"study-{args.domain}-{digest}", max_positions=max(1024, args.max_len))
+                              name=f"study-{args.domain}-{digest}", max_positions=max(MAX_POSITIONS[args.domain], args.max_len))
     lm = sft.build_lm(examples, config, os.path.join(work, "tokenizer_cache"), seed=args.seed)
     encoded = sft.encode_all(lm.tokenizer, examples, args.max_len)
     buckets = tuple(b for b in (64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048) if b < args.max_len)
