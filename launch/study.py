@@ -58,8 +58,9 @@ def pretrain(domain: str, out: str, seed: int) -> str:
     return out
 
 
-def run_one(spec, cmd) -> dict:
-    """Runs one training + evaluation; its output goes to WORKDIR/study_run.log, timings to study_run.json."""
+def run_one(spec, cmd, model: str) -> dict:
+    """Runs one training + evaluation; its output goes to WORKDIR/study_run.log, timings and the model it
+    started from (study.model_identity) to study_run.json."""
     os.makedirs(spec.workdir, exist_ok=True)
     info_path = os.path.join(spec.workdir, "study_run.json")
     info = {"wall_s": 0.0, "attempts": 0}
@@ -69,7 +70,7 @@ def run_one(spec, cmd) -> dict:
     t0 = time.time()
     rc = call(cmd, os.path.join(spec.workdir, "study_run.log"))
     info.update(wall_s=round(info["wall_s"] + time.time() - t0, 1), attempts=info["attempts"] + 1, rc=rc,
-                command=cmd)
+                command=cmd, model=model)
     study.write_json(info_path, info)
     return info
 
@@ -98,7 +99,7 @@ def run_and_report(i: int, spec, preset, models: dict, args, progress: Progress)
     n = progress.total
     log(f"[{i}/{n}] {spec.name} -> {spec.workdir}")
     t0 = time.time()
-    info = run_one(spec, cmd)
+    info = run_one(spec, cmd, study.model_identity(models[spec.domain]))
     took = time.time() - t0
     if info["rc"] or not spec.finished():
         log(f"[{i}/{n}] {spec.name} FAILED (exit {info['rc']}) after {hms(took)}; see "
@@ -149,6 +150,11 @@ def main(argv=None) -> int:
             # One pretraining per domain (cached), then the runs, `--jobs` processes at a time.
             models = dict(zip(domains, pool.map(
                 lambda d: args.model or pretrain(d, os.path.join(root, "pretrain", d), 0), domains)))
+            stale = study.stale_runs(specs, {d: study.model_identity(m) for d, m in models.items()})
+            if stale:  # never mix warm starts in one table, and never delete a finished run
+                raise SystemExit(f"error: finished runs were trained from another model than the current "
+                                 f"one: {', '.join(stale)}; move their directories away (or pass another "
+                                 f"--root) and rerun.")
             todo = [s for s in specs if not s.finished()]
             log(f"preset {args.preset}: {len(specs)} runs, {len(specs) - len(todo)} already finished; "
                 f"{args.jobs} at a time")

@@ -279,3 +279,28 @@ def test_jobs_below_one_is_refused_with_one_sentence(tmp_path, capsys):
     with pytest.raises(SystemExit):
         _load_launcher().main(["--jobs", "0", "--root", str(tmp_path), "--model", "smoke"])
     assert "--jobs=0: need at least 1." in capsys.readouterr().err
+
+
+def test_runs_from_another_warm_start_are_never_mixed_in(tmp_path, monkeypatch, capsys):
+    launcher = _load_launcher()
+    root = tmp_path / "root"
+    argv = ["--preset", "quick", "--domains", "math", "--methods", "grpo", "--seeds", "0", "--root", str(root),
+            "--out", str(tmp_path / "res" / "cpu_study.json")]
+
+    def fake_call(cmd, log_path):
+        workdir = next(a for a in cmd if a.startswith("--gin.WORKDIR=")).split("=", 1)[1].strip("'")
+        write_eval_json(os.path.join(workdir, "eval.json"), _math_eval("grpo", 0, [0.5, 0.5]))
+        return 0
+
+    monkeypatch.setattr(launcher, "call", fake_call)
+    model = tmp_path / "pretrained"
+    model.mkdir()
+    (model / "pretrain.json").write_text(json.dumps({"config_hash": "aaaa"}))
+    assert launcher.main(argv + ["--model", str(model)]) == 0
+    run = study.plan_runs(str(root / "quick"), ["math"], ["grpo"], [0])[0]
+    assert json.loads(open(os.path.join(run.workdir, "study_run.json")).read())["model"] == "pretrain:aaaa"
+    assert launcher.main(argv + ["--model", str(model)]) == 0  # the same warm start: reused
+    (model / "pretrain.json").write_text(json.dumps({"config_hash": "bbbb"}))  # a rebuilt warm start
+    with pytest.raises(SystemExit, match=r"math/grpo/seed0 \(pretrain:aaaa\); move their directories away"):
+        launcher.main(argv + ["--model", str(model)])
+    assert os.path.exists(run.eval_path)  # nothing was deleted

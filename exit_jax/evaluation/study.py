@@ -172,17 +172,21 @@ def run_record(seed: int, eval_record: Mapping, metrics: Sequence[Mapping]) -> d
     return record
 
 
+def _run_metrics(spec: RunSpec) -> list:
+    """The run's metrics.jsonl records ([] for a base evaluation, which trains nothing)."""
+    from exit_jax.training.metrics import read_metrics
+    path = os.path.join(spec.workdir, "metrics.jsonl")
+    return read_metrics(path) if os.path.exists(path) else []
+
+
 def aggregate(specs: Sequence[RunSpec]) -> dict:
     """{domain: {method: [seed records]}} over the finished runs (unfinished ones are left out)."""
     from exit_jax.evaluation.eval_json import read_eval_json
-    from exit_jax.training.metrics import read_metrics
     out: dict = {}
     for spec in specs:
         if not spec.finished():
             continue
-        metrics_path = os.path.join(spec.workdir, "metrics.jsonl")
-        metrics = read_metrics(metrics_path) if os.path.exists(metrics_path) else []
-        rec = run_record(spec.seed, read_eval_json(spec.eval_path), metrics)
+        rec = run_record(spec.seed, read_eval_json(spec.eval_path), _run_metrics(spec))
         out.setdefault(spec.domain, {}).setdefault(spec.method, []).append(rec)
     for methods in out.values():
         for recs in methods.values():
@@ -238,12 +242,10 @@ def endpoints(records: Sequence[Mapping], key: str = "accuracy_by_k") -> tuple[l
 
 def load_metrics(specs: Sequence[RunSpec]) -> dict:
     """{domain: {method: [metrics.jsonl records of each finished seed]}} for the curriculum plots."""
-    from exit_jax.training.metrics import read_metrics
     out: dict = {}
     for spec in specs:
-        path = os.path.join(spec.workdir, "metrics.jsonl")
-        if spec.finished() and os.path.exists(path):
-            out.setdefault(spec.domain, {}).setdefault(spec.method, []).append(read_metrics(path))
+        if spec.finished() and os.path.exists(os.path.join(spec.workdir, "metrics.jsonl")):
+            out.setdefault(spec.domain, {}).setdefault(spec.method, []).append(_run_metrics(spec))
     return out
 
 
@@ -259,7 +261,7 @@ def run_infos(specs: Sequence[RunSpec], relative_to: str | None = None) -> list[
                 info = json.load(f)
         workdir = os.path.relpath(spec.workdir, relative_to) if relative_to else spec.workdir
         infos.append({"domain": spec.domain, "method": spec.method, "seed": spec.seed, "workdir": workdir,
-                      "finished": spec.finished(), "wall_s": info.get("wall_s"),
+                      "finished": spec.finished(), "model": info.get("model"), "wall_s": info.get("wall_s"),
                       "attempts": info.get("attempts"), "rc": info.get("rc")})
     return infos
 
@@ -321,6 +323,30 @@ def final_evaluation(policy, domain, workdir: str, method: str, seed: int = 0,
                                      n=n, iteration=iteration)
 
 
+def model_identity(source: str) -> str:
+    """What a run was trained from: a pretrained dir's config hash (launch/pretrain.py), else the source
+    as given (e.g. "smoke"). A finished run is only reused while this is unchanged."""
+    path = os.path.join(source, "pretrain.json")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            return f"pretrain:{json.load(f).get('config_hash')}"
+    return source
+
+
+def stale_runs(specs: Sequence[RunSpec], identities: Mapping[str, str]) -> list[str]:
+    """Finished runs whose study_run.json records another model than `identities[domain]` (runs that
+    record none predate the record and are trusted)."""
+    stale = []
+    for spec in specs:
+        path = os.path.join(spec.workdir, "study_run.json")
+        if spec.finished() and os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                recorded = json.load(f).get("model")
+            if recorded is not None and recorded != identities[spec.domain]:
+                stale.append(f"{spec.name} ({recorded})")
+    return stale
+
+
 def pretrain_summary(model_dir: str) -> dict | None:
     """The warm start's size, SFT cost and held-out check from launch/pretrain.py's pretrain.json."""
     path = os.path.join(model_dir, "pretrain.json")
@@ -329,7 +355,9 @@ def pretrain_summary(model_dir: str) -> dict | None:
     with open(path, encoding="utf-8") as f:
         info = json.load(f)
     sft = info.get("sft", {})
-    check = {name: c["accuracy_by_k"] for name, c in (info.get("check") or {}).items()
-             if isinstance(c, dict) and "accuracy_by_k" in c}
+    # math: accuracy at k = 0, 1; MLE: the valid fraction and normalized score of first attempts
+    check = {name: c["accuracy_by_k"] if "accuracy_by_k" in c else {"valid": c.get("valid"),
+                                                                     "normalized": c.get("normalized")}
+             for name, c in (info.get("check") or {}).items() if isinstance(c, dict)}
     return {"config_hash": info.get("config_hash"), "num_params": info.get("num_params"),
             "sft_seconds": sft.get("seconds"), "sft_loss_end": sft.get("loss_end"), "check_accuracy_by_k": check}
