@@ -1,11 +1,13 @@
 """Sampler throughput vs Hugging Face transformers `generate` (torch CPU), same weights and prompts.
 
-    python launch/bench_sampler.py [--new_tokens 64] [--batches 1,16,64]
+    python launch/bench_sampler.py [--new_tokens 64] [--batches 1,16,64] [--context 1536]
 
 Batch 1 is one prompt with one sample; larger batches are batch/8 prompts x G=8 samples. Rows never
 stop early (no eos), so both sides produce exactly batch * new_tokens tokens. Prints tok/s of both,
 their ratio, and our achieved FLOP/s as a fraction of this machine's fp32 matmul peak, measured in
-the same run. Needs the `parity` extra (torch, transformers).
+the same run. --context N puts a system message of ~N tokens before every question, as MLE prompts
+(task description and file previews) do: decoding then reads a long KV cache. Needs the `parity` extra
+(torch, transformers).
 """
 import argparse
 import os
@@ -47,14 +49,18 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--new_tokens", type=int, default=64)
     ap.add_argument("--batches", default="1,16,64")
+    ap.add_argument("--context", type=int, default=0, help="system-message tokens before each question")
     args = ap.parse_args()
     import torch
     import transformers
 
     lm = models.load("smollm2-135m-instruct")
     tok, n = lm.tokenizer, args.new_tokens
-    prompts = [tok.encode(tok.apply_chat_template([{"role": "user", "content": q}]))
+    system = " ".join(["Rows of train.csv follow: id, age, income, visits."] * (args.context // 12))
+    prompts = [tok.encode(tok.apply_chat_template(([{"role": "system", "content": system}] if system else [])
+                                                  + [{"role": "user", "content": q}]))
                for q in QUESTIONS]
+    print(f"prompt tokens: {min(map(len, prompts))}-{max(map(len, prompts))}")
     with tempfile.TemporaryDirectory() as d:  # the very same (dequantized) weights for torch
         models.save_hf(lm, d)
         hf = transformers.AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()

@@ -94,29 +94,23 @@ class Attention(nn.Module):
         v = v.reshape(b, t, c.num_kv_heads, c.head_dim)
         inv_freq = jnp.asarray(rope_inv_freq(c))
         q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+        kv = "bskd"  # k, v: [B, T, Hkv, D]
         if cache is not None:
-            start = (0, cache_index, 0, 0)
-            k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start)
-            v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)
-            cache = {"k": k, "v": v}
+            # The cache is [B, Hkv, S, D]: (batch, head) lead and (slot, dim) are contiguous, so a decode
+            # step's attention is one batched matrix-vector product straight off the cache. In the
+            # [B, S, Hkv, D] layout XLA:CPU strided through (or copied) the whole cache every step: one
+            # layer's decode attention took 86 ms, now 1.5 ms, at B = 32, S = 2k, Hkv = 4, D = 32.
+            start = (0, 0, cache_index, 0)
+            k = jax.lax.dynamic_update_slice(cache["k"], k.transpose(0, 2, 1, 3).astype(cache["k"].dtype), start)
+            v = jax.lax.dynamic_update_slice(cache["v"], v.transpose(0, 2, 1, 3).astype(cache["v"].dtype), start)
+            cache, kv = {"k": k, "v": v}, "bksd"
         groups = c.num_heads // c.num_kv_heads
         q = q.reshape(b, t, c.num_kv_heads, groups, c.head_dim) * (c.head_dim ** -0.5)
-        if t == 1:
-            # One-token decode: multiply-and-sum instead of B*Hkv tiny matmuls, for which XLA:CPU
-            # also copies the whole cache into a transposed layout every step (~2x the attention).
-            f32 = jnp.float32
-            scores = jnp.sum(q[:, 0, None].astype(f32) * k[:, :, :, None].astype(f32), axis=-1)
-            scores = jnp.moveaxis(scores, 1, -1)[:, :, :, None]  # [B, Hkv, G, 1, S]
-        else:
-            scores = jnp.einsum("btkgd,bskd->bkgts", q, k.astype(q.dtype),
-                                preferred_element_type=jnp.float32)  # [B, Hkv, G, T, S]
+        scores = jnp.einsum(f"btkgd,{kv}->bkgts", q, k.astype(q.dtype),
+                            preferred_element_type=jnp.float32)  # [B, Hkv, G, T, S]
         scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-        if t == 1:
-            p = jnp.moveaxis(probs[:, :, :, 0], -1, 1)[..., None].astype(f32)  # [B, S, Hkv, G, 1]
-            out = jnp.sum(p * v[:, :, :, None].astype(f32), axis=1)[:, None].astype(self.dtype)
-        else:
-            out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(self.dtype))
+        out = jnp.einsum(f"bkgts,{kv}->btkgd", probs, v.astype(self.dtype))
         out = out.reshape(b, t, c.num_heads * c.head_dim)
         return dense(c.hidden_size, use_bias=False, name="o")(out), cache
 
@@ -202,7 +196,7 @@ def causal_mask(input_mask):
 
 
 def init_cache(config: ModelConfig, batch: int, length: int, dtype=jnp.float32) -> Cache:
-    shape = (batch, length, config.num_kv_heads, config.head_dim)
+    shape = (batch, config.num_kv_heads, length, config.head_dim)  # see Attention: slots third
     return {f"layers_{i}": {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
             for i in range(config.num_layers)}
 
