@@ -171,7 +171,8 @@ def pretrain(args, digest: str, work: str) -> dict:
     corpus = importlib.import_module(CORPORA[args.domain])
     examples = corpus.examples(domain.train_tasks, domain.make_env, np.random.default_rng(args.seed), args.examples)
     config = sft.study_config(args.vocab, args.d_model, args.layers, args.heads, args.ffn,
-                              name=f"study-{args.domain}-{digest}", max_positions=max(MAX_POSITIONS[args.domain], args.max_len))
+                              name=f"study-{args.domain}-{digest}",
+                              max_positions=max(MAX_POSITIONS[args.domain], args.max_len))
     lm = sft.build_lm(examples, config, os.path.join(work, "tokenizer_cache"), seed=args.seed)
     encoded = sft.encode_all(lm.tokenizer, examples, args.max_len)
     buckets = tuple(b for b in (64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048) if b < args.max_len)

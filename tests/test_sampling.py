@@ -167,7 +167,8 @@ def test_continuation_from_token_prefix(params):
     prefixes = [p + full.completion(i, 0)[:4] for i, p in enumerate(PROMPTS)]
     rest = sampling.generate(lm, prefixes, num_samples=2, max_new_tokens=5, temperature=0.0)
     np.testing.assert_array_equal(rest.tokens[:, 0], full.tokens[:, 0, 4:])
-    np.testing.assert_allclose(rest.logprobs[:, 0], full.logprobs[:, 0, 4:], rtol=1e-5, atol=1e-5)  # float reassociation
+    # rtol: the prefix's tokens go through prefill here and decode there (float reassociation)
+    np.testing.assert_allclose(rest.logprobs[:, 0], full.logprobs[:, 0, 4:], rtol=1e-5, atol=1e-5)
 
 
 def test_mesh_sharded_equals_single_device(params):
