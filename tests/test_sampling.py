@@ -240,16 +240,3 @@ def test_bad_input_is_one_clear_error(params):
         sampling.generate(lm, [[1]], top_p=0.0)
     with pytest.raises(ValueError, match="non-empty"):
         sampling.generate(lm, [])
-
-
-def test_cpu_cache_avoids_power_of_two_slots_without_changing_samples(params, monkeypatch):
-    # Bucket 64 + 64 new tokens = 128 slots: on CPU the cache gets 8 more masked left-padding slots.
-    assert sampler_lib.cache_prompt_length(64, 64) == 64 + sampler_lib.CPU_CACHE_SLACK
-    assert sampler_lib.cache_prompt_length(64, 72) == 64 and sampler_lib.cache_prompt_length(32, 32) == 32
-    s = sampling.Sampler(CONFIG, num_samples=2, max_new_tokens=64, eos_ids=(), pad_id=PAD, min_bucket=64)
-    assert s._batch(PROMPTS)[0].shape == (4, 72)
-    padded = s(params, PROMPTS, temperature=1.0, seed=3)
-    monkeypatch.setattr(sampler_lib, "CPU_CACHE_SLACK", 0)
-    plain = s(params, PROMPTS, temperature=1.0, seed=3)
-    np.testing.assert_array_equal(padded.tokens, plain.tokens)
-    np.testing.assert_allclose(padded.logprobs, plain.logprobs, atol=1e-4)  # float summation order

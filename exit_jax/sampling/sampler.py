@@ -26,21 +26,6 @@ from exit_jax.models.transformer import Transformer, init_cache, positions_from_
 from exit_jax.sampling.methods import Knobs, choose_tokens, make_knobs
 from exit_jax.sampling.output import SampleOutput
 
-# XLA CPU decodes 1.2-1.6x slower per step when the KV cache has a power-of-two number of slots (measured
-# on 2 AMD EPYC cores: 128 vs 136 slots, 256 vs 264), likely cache-set conflicts of the cache's
-# power-of-two strides. On CPU such a cache gets this many more (masked) left-padding slots; accelerators
-# keep their power-of-two tiles.
-CPU_CACHE_SLACK = 8
-
-
-def cache_prompt_length(bucket: int, max_new_tokens: int) -> int:
-    """The prompt width the cache is laid out with: the bucket, plus CPU_CACHE_SLACK on CPU when bucket +
-    max_new_tokens would be a power of two of at least 128."""
-    total = bucket + max_new_tokens
-    if jax.default_backend() == "cpu" and total >= 128 and total & (total - 1) == 0:
-        return bucket + CPU_CACHE_SLACK
-    return bucket
-
 
 @dataclasses.dataclass(frozen=True)
 class SamplerSpec:
@@ -214,7 +199,7 @@ class Sampler:
         if longest + self.spec.max_new_tokens > limit:
             raise ValueError(f"prompt length {longest} + max_new_tokens {self.spec.max_new_tokens} "
                              f"exceeds the model's max_position_embeddings {limit}.")
-        length = cache_prompt_length(prompt_bucket(longest, self.min_bucket), self.spec.max_new_tokens)
+        length = prompt_bucket(longest, self.min_bucket)
         shards = 1 if self.spec.mesh is None else self.spec.mesh.shape[self.spec.data_axis]
         num_p = -(-len(rows) // shards) * shards
         tokens = np.full((num_p, length), self.spec.pad_id, np.int32)
