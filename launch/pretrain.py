@@ -146,7 +146,7 @@ def check_mle(lm, domain, args) -> dict:
         replies = policy.generate([list(domain.make_env(t).reset()) for t in tasks], num_samples=n, seed=0)
         per_task = {}
         for task, row in zip(tasks, replies):
-            graded = [greedy_search.outcome_of(_step(domain, task, r), r, task) for r in row]
+            graded = [greedy_search.grade_reply(domain.make_env, task, r) for r in row]
             per_task[task.id] = {"valid": sum(g["valid"] for g in graded) / n,
                                  "normalized": sum(g["normalized"] for g in graded) / n,
                                  "errors": [g["error"][-300:] for g in graded if not g["valid"]]}
@@ -154,12 +154,6 @@ def check_mle(lm, domain, args) -> dict:
                      "normalized": _mean([v["normalized"] for v in per_task.values()]), "tasks": per_task,
                      "sample": replies[0][0]}
     return out
-
-
-def _step(domain, task, reply):
-    env = domain.make_env(task)
-    env.reset()
-    return env.step(reply)
 
 
 def pretrain(args, digest: str, work: str) -> dict:

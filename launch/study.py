@@ -90,7 +90,7 @@ class Progress:
             return f"elapsed {hms(time.time() - self.t_start)}, ETA {hms(eta)}"
 
 
-def run_and_report(i: int, spec, preset, models: dict, args, progress: Progress) -> str | None:
+def run_and_report(i: int, spec, preset, models: dict, identities: dict, args, progress: Progress) -> str | None:
     """Trains and evaluates one run; returns its name if it failed."""
     gin_file = f"study/{spec.domain}{preset.gin_suffix}.gin"
     extra = [f for f in (f"study/models_{spec.domain}.gin",) if os.path.exists(os.path.join(REPO, "gin", f))]
@@ -99,7 +99,7 @@ def run_and_report(i: int, spec, preset, models: dict, args, progress: Progress)
     n = progress.total
     log(f"[{i}/{n}] {spec.name} -> {spec.workdir}")
     t0 = time.time()
-    info = run_one(spec, cmd, study.model_identity(models[spec.domain]))
+    info = run_one(spec, cmd, identities[spec.domain])
     took = time.time() - t0
     if info["rc"] or not spec.finished():
         log(f"[{i}/{n}] {spec.name} FAILED (exit {info['rc']}) after {hms(took)}; see "
@@ -150,7 +150,8 @@ def main(argv=None) -> int:
             # One pretraining per domain (cached), then the runs, `--jobs` processes at a time.
             models = dict(zip(domains, pool.map(
                 lambda d: args.model or pretrain(d, os.path.join(root, "pretrain", d), 0), domains)))
-            stale = study.stale_runs(specs, {d: study.model_identity(m) for d, m in models.items()})
+            identities = {d: study.model_identity(m) for d, m in models.items()}  # what each run records
+            stale = study.stale_runs(specs, identities)
             if stale:  # never mix warm starts in one table, and never delete a finished run
                 raise SystemExit(f"error: finished runs were trained from another model than the current "
                                  f"one: {', '.join(stale)}; move their directories away (or pass another "
@@ -160,7 +161,8 @@ def main(argv=None) -> int:
                 f"{args.jobs} at a time")
             progress = Progress(len(todo), args.jobs, t_start)
             failed = [name for name in pool.map(
-                lambda item: run_and_report(*item, preset, models, args, progress), enumerate(todo, 1)) if name]
+                lambda item: run_and_report(*item, preset, models, identities, args, progress),
+                enumerate(todo, 1)) if name]
     results = study.aggregate(specs)
     study.write_json(out, results)
     out_dir = os.path.dirname(out)

@@ -181,7 +181,8 @@ class SearchResult:
                 "per_task": per_task}
 
 
-def _grade(env_factory: EnvFactory, task: Task, reply: str) -> dict:
+def grade_reply(env_factory: EnvFactory, task: Task, reply: str) -> dict:
+    """`outcome_of` one reply, run as a single step on a fresh env of `task`."""
     env = env_factory(task)
     env.reset()
     return outcome_of(env.step(reply), reply, task)
@@ -212,9 +213,9 @@ def greedy_search(policy: Policy, tasks: Sequence[Task], env_factory: EnvFactory
     def add(step: int, plans: list[tuple[int, int, str, int]], replies: list[str]) -> None:
         flat = [(tasks[i], reply) for (i, _, _, _), reply in zip(plans, replies)]
         if executor is None:
-            graded = [_grade(env_factory, t, r) for t, r in flat]
+            graded = [grade_reply(env_factory, t, r) for t, r in flat]
         else:
-            graded = list(executor.map(_grade, [env_factory] * len(flat), *zip(*flat))) if flat else []
+            graded = list(executor.map(grade_reply, [env_factory] * len(flat), *zip(*flat))) if flat else []
         for (i, j, action, parent), out in zip(plans, graded):
             searches[i][j].append(Node(step=step, action=action, parent=parent, **out))
         if on_step is not None:

@@ -25,6 +25,7 @@ DATA_MOUNT = "/sbx/data"
 JOBS_MOUNT = "/sbx/jobs"
 WORKER_MOUNT = "/sbx/warm_worker.py"
 
+
 def package_data_paths() -> list[str]:
     """Dataset files shipped inside installed packages: MLE-lite carves its hidden answers from them, so a
     solution must not be able to reload them (e.g. `sklearn.datasets.load_digits()`)."""
