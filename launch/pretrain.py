@@ -96,12 +96,12 @@ def _math_domain(args):
 def _mle_domain(args):
     """Every MLE-lite task but the held-out ones, plus procedural ones, to train on; the held-out to check."""
     from exit_jax.envs.mle import env as mle_env
-    from exit_jax.envs.mle import lite
+    from exit_jax.envs.mle import lite, lite_specs
     from exit_jax.training import domains
     held_out = [i for i in args.held_out.split(",") if i]
     # one warm sandbox per task: the corpus builds task by task and only its debug examples run scripts
-    domain = domains.mle(train_ids=[s.id for s in lite.specs() if s.id not in held_out], eval_ids=held_out,
-                         sandboxes_per_task=1)
+    train_ids = [s.id for s in lite_specs.specs() if s.id not in held_out]
+    domain = domains.mle(train_ids=train_ids, eval_ids=held_out, sandboxes_per_task=1)
     # seed 1000 + seed: apart from any task stream an RL run or test draws
     procedural = tuple(map(mle_env.as_task, lite.procedural_tasks(args.procedural_tasks, seed=1000 + args.seed)))
     return dataclasses.replace(domain, train_tasks=domain.train_tasks + procedural)

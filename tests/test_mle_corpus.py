@@ -7,7 +7,7 @@ import pytest
 
 from exit_jax.curriculum import episodes, prompts
 from exit_jax.curriculum.config import CurriculumConfig
-from exit_jax.envs.mle import lite, sandbox
+from exit_jax.envs.mle import lite, lite_specs, sandbox
 from exit_jax.envs.mle.env import MLEEnv, extract_code
 from exit_jax.evaluation import greedy_search
 from exit_jax.pretrain import mle_corpus as mc
@@ -192,7 +192,8 @@ def test_every_family_runs_on_every_task(cache):
 @needs_bwrap
 def test_grammar_scripts_are_valid_on_procedural_tasks_of_every_metric(cache):
     """The warm start's corpus trains on procedural tasks: its targets must be right for every metric."""
-    procedural = [t.as_task() for t in lite.procedural_tasks(len(lite.PROCEDURAL_METRICS), seed=9, cache_dir=cache)]
+    n = len(lite_specs.PROCEDURAL_METRICS)
+    procedural = [t.as_task() for t in lite.procedural_tasks(n, seed=9, cache_dir=cache)]
     rng = np.random.default_rng(6)
     with sandbox.WarmPool(max_workers=2) as pool:
         for task in procedural:

@@ -4,7 +4,7 @@ import os
 import pandas as pd
 import pytest
 
-from exit_jax.envs.mle import grading, lite, sandbox
+from exit_jax.envs.mle import grading, lite, lite_specs, sandbox
 
 needs_bwrap = pytest.mark.skipif(not sandbox.bwrap_available(), reason="bwrap cannot create namespaces here")
 
@@ -25,11 +25,11 @@ def cancer(cache):
 
 
 def test_suite_has_the_issue_ids_and_knobbed_families():
-    ids = [s.id for s in lite.specs()]
+    ids = [s.id for s in lite_specs.specs()]
     assert len(ids) >= 8 and len(set(ids)) == len(ids)
     for required in ("digits", "breast_cancer", "wine", "diabetes", "penguins", "fair", "randhie"):
         assert required in ids
-    metrics = {s.metric for s in lite.specs()}
+    metrics = {s.metric for s in lite_specs.specs()}
     assert metrics >= {"accuracy", "roc_auc", "log_loss", "rmse", "rmsle", "qwk", "mae", "r2"}
     with pytest.raises(ValueError, match="unknown MLE-lite task ids"):
         lite.tasks(["nope"])
@@ -77,9 +77,10 @@ def test_anchors_are_cached_on_disk(penguins, cache, monkeypatch):
 
 
 def test_difficulty_knobs_change_the_reference(tmp_path):
-    easy = lite.LiteTask(lite.synthetic_classification("k_easy", n_samples=300, class_sep=2.0, flip_y=0.0),
+    synthetic = lite_specs.synthetic_classification
+    easy = lite.LiteTask(synthetic("k_easy", n_samples=300, class_sep=2.0, flip_y=0.0),
                          str(tmp_path))
-    hard = lite.LiteTask(lite.synthetic_classification("k_hard", n_samples=300, class_sep=0.3, flip_y=0.3),
+    hard = lite.LiteTask(synthetic("k_hard", n_samples=300, class_sep=0.3, flip_y=0.3),
                          str(tmp_path))
     assert easy.anchors["reference"] > hard.anchors["reference"] + 0.1
 
@@ -128,10 +129,11 @@ def test_as_task_carries_the_prompt_fields(cancer):
 
 
 def test_procedural_tasks_cover_every_metric_and_state_the_kind(tmp_path):
-    specs = lite.procedural_specs(16, seed=3)
-    assert [s.metric for s in specs[:8]] == list(lite.PROCEDURAL_METRICS)
-    assert len({s.id for s in specs}) == 16 and not {s.id for s in specs} & {s.id for s in lite.specs()}
-    assert specs == lite.procedural_specs(16, seed=3) and specs != lite.procedural_specs(16, seed=4)
+    specs = lite_specs.procedural_specs(16, seed=3)
+    assert [s.metric for s in specs[:8]] == list(lite_specs.PROCEDURAL_METRICS)
+    ids = {s.id for s in specs}
+    assert len(ids) == 16 and not ids & {s.id for s in lite_specs.specs()}
+    assert specs == lite_specs.procedural_specs(16, seed=3) and specs != lite_specs.procedural_specs(16, seed=4)
     said = {"label": "predict the class", "proba": "probability of each", "proba_binary": "probability that",
             "value": "predict the real value"}
     for spec in specs[:8]:
