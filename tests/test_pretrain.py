@@ -15,6 +15,7 @@ from exit_jax.envs import math as math_env
 from exit_jax.envs.mle import sandbox
 from exit_jax.evaluation.self_improve import improve_conversation
 from exit_jax.pretrain import math_corpus as mc
+from exit_jax.pretrain import math_traces
 from exit_jax.pretrain import sft
 from exit_jax.training import domains
 from exit_jax.training.policy import SamplingConfig, TextPolicy
@@ -64,9 +65,9 @@ def test_replies_grade_as_labelled(every_family):
 def test_parsed_working_reproduces_the_gold_answer(study_tasks):
     # The default study families all get a worked trace (else the tiny model sees bare answers only).
     for task in study_tasks.train_tasks:
-        sol = mc.solution(task)
+        sol = math_traces.solution(task)
         assert sol is not None, task.data["problem"]
-        assert mc._answer(mc._run(sol.ops), sol.out) == mc._gold(task)
+        assert math_traces.answer(math_traces.run(sol.ops), sol.out) == math_traces.gold(task)
 
 
 def test_examples_are_labelled_and_prompted_like_training_and_evaluation(study_tasks):
