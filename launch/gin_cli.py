@@ -95,7 +95,8 @@ def call(fn):
 def tune_malloc() -> None:
     """Keep freed memory in the process (glibc): by default glibc returns large freed blocks to the OS
     and page-faults them back in on the next jitted call (measured on 2 CPU cores: the tiny study
-    model's 64+-row sampling and updates 2-3x slower, SmolLM2's micro-batched update ~8% slower). Same effect as MALLOC_MMAP_THRESHOLD_=32M MALLOC_TRIM_THRESHOLD_=2G
+    model's 64+-row sampling and updates 2-3x slower, SmolLM2's micro-batched update ~8% slower). Same
+    effect as MALLOC_MMAP_THRESHOLD_=32M MALLOC_TRIM_THRESHOLD_=2G
     MALLOC_TOP_PAD_=1G in the environment; values a user set there win. No-op off glibc."""
     import ctypes
     import ctypes.util

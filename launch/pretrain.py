@@ -2,12 +2,15 @@
 
     python launch/pretrain.py --domain math --out runs/study/pretrained_math
     python launch/pretrain.py --domain math --out /tmp/pt --examples 2000 --steps 100   # a quick look
+    python launch/pretrain.py --domain mle --out runs/study/pretrain/mle_2 --init runs/study/pretrain/mle \
+        --seed 1 --examples 3000 --steps 500 --lr 2e-3                           # continue an SFT
 
 Steps: generate the corpus (exit_jax.pretrain.<domain>_corpus) on the domain's training tasks, train a
-sentencepiece tokenizer on it, SFT a freshly initialised model, save it where `models.load(out)` (and so
-`MODEL = "<out>"` in gin) finds it, and check it on held-out tasks: for math, greedy and T=1 accuracy at
-k=0 and after one self-improvement step; for MLE, how many first attempts run and make a valid submission
-and their normalized scores. `out/pretrain.json` records the configuration hash, the loss
+sentencepiece tokenizer on it, SFT a freshly initialised model (or, with --init, keep an earlier warm
+start's tokenizer and architecture and continue from its weights on a fresh corpus), save it where
+`models.load(out)` (and so `MODEL = "<out>"` in gin) finds it, and check it on held-out tasks: for math,
+greedy and T=1 accuracy at k=0 and after one self-improvement step; for MLE, how many first attempts run
+and make a valid submission and their normalized scores. `out/pretrain.json` records the configuration hash, the loss
 curve and the check; a rerun with the same configuration skips, a different one rebuilds `out`.
 """
 import argparse
@@ -70,6 +73,9 @@ def parse(argv):
                                       "(gin/study/mle.gin's held-out tasks)")
     p.add_argument("--procedural_tasks", type=int, help="mle: procedural tasks added to the corpus")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", help="continue SFT from this launch/pretrain.py model directory: its tokenizer, "
+                                  "architecture and weights (the architecture flags are then unused); give "
+                                  "another --seed for a fresh corpus")
     p.add_argument("--eval_tasks", type=int, help="held-out tasks of the check (0: skip)")
     p.add_argument("--eval_n", type=int, help="samples per task at T=1")
     args = p.parse_args(argv)
@@ -83,7 +89,25 @@ def config_hash(args) -> str:
     # Unset flags (those of the other domain) are left out, so adding a flag keeps existing models valid.
     fields = {k: v for k, v in sorted(vars(args).items()) if k != "out" and v is not None}
     fields["recipe_version"] = RECIPE_VERSION
+    if args.init:  # the model continued from, not where it lies
+        fields["init"] = _init_summary(args.init)["config_hash"]
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _init_summary(path: str) -> dict:
+    try:
+        with open(os.path.join(path, "pretrain.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: --init {path!r} is not a finished launch/pretrain.py model directory "
+                         f"(no readable pretrain.json: {e}); pretrain it first.") from None
+
+
+def _lineage(summary: dict) -> dict:
+    """What a continued model started from: each earlier stage's hash, flags and SFT cost (no loss curve)."""
+    sft = {k: v for k, v in summary["sft"].items() if k != "losses"}
+    return {"config_hash": summary["config_hash"], "args": summary["args"], "sft": sft,
+            "init": summary.get("init")}
 
 
 def _math_domain(args):
@@ -164,10 +188,14 @@ def pretrain(args, digest: str, work: str) -> dict:
     domain = _domain(args)
     corpus = importlib.import_module(CORPORA[args.domain])
     examples = corpus.examples(domain.train_tasks, domain.make_env, np.random.default_rng(args.seed), args.examples)
-    config = sft.study_config(args.vocab, args.d_model, args.layers, args.heads, args.ffn,
-                              name=f"study-{args.domain}-{digest}",
-                              max_positions=max(MAX_POSITIONS[args.domain], args.max_len))
-    lm = sft.build_lm(examples, config, os.path.join(work, "tokenizer_cache"), seed=args.seed)
+    name = f"study-{args.domain}-{digest}"
+    if args.init:
+        lm = models.load(args.init)
+        lm = dataclasses.replace(lm, config=dataclasses.replace(lm.config, name=name))
+    else:
+        config = sft.study_config(args.vocab, args.d_model, args.layers, args.heads, args.ffn, name=name,
+                                  max_positions=max(MAX_POSITIONS[args.domain], args.max_len))
+        lm = sft.build_lm(examples, config, os.path.join(work, "tokenizer_cache"), seed=args.seed)
     encoded = sft.encode_all(lm.tokenizer, examples, args.max_len)
     buckets = tuple(b for b in (64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048) if b < args.max_len)
     sft_config = sft.SFTConfig(steps=args.steps, learning_rate=args.lr, tokens_per_batch=args.tokens_per_batch,
@@ -184,6 +212,7 @@ def pretrain(args, digest: str, work: str) -> dict:
         kinds.setdefault(ex.kind, []).append(ex.reward)
     summary = {
         "config_hash": digest, "args": vars(args), "recipe_version": RECIPE_VERSION,
+        "init": args.init and _lineage(_init_summary(args.init)),
         "model": dataclasses.asdict(lm.config), "num_params": lm.config.num_params(),
         "corpus": {k: {"count": len(v), "mean_reward": _mean([r for r in v if r is not None])}
                    for k, v in sorted(kinds.items())},

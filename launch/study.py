@@ -43,19 +43,23 @@ def call(cmd: list, log_path: str) -> int:
         return subprocess.run(cmd, check=False, cwd=REPO, stdout=f, stderr=subprocess.STDOUT).returncode
 
 
-def pretrain(domain: str, out: str, seed: int) -> str:
+def pretrain(domain: str, root: str) -> str:
+    """Builds (or finds cached) the domain's warm-start stages (study.PRETRAIN_STAGES); returns the last."""
     script = os.path.join(REPO, "launch", "pretrain.py")
     if not os.path.exists(script):
         raise SystemExit(f"error: {script} is missing; pass --model SOURCE (e.g. --model smoke) to skip "
                          "pretraining.")
-    t0 = time.time()
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)  # for the log beside `out`
-    cmd = [sys.executable, script, "--domain", domain, "--out", out, "--seed", str(seed)]
-    rc = call(cmd, out.rstrip("/") + ".log")
-    if rc:
-        raise SystemExit(f"error: pretraining {domain} failed (exit {rc}); see {out.rstrip('/')}.log")
-    log(f"pretrained model for {domain}: {out} ({hms(time.time() - t0)})")
-    return out
+    previous = None
+    for name, flags in study.PRETRAIN_STAGES[domain]:
+        t0, out = time.time(), os.path.join(root, "pretrain", name)
+        os.makedirs(os.path.dirname(out), exist_ok=True)  # for the log beside `out`
+        cmd = [sys.executable, script, "--domain", domain, "--out", out, *flags]
+        rc = call(cmd + (["--init", previous] if previous else []), out + ".log")
+        if rc:
+            raise SystemExit(f"error: pretraining {name} failed (exit {rc}); see {out}.log")
+        log(f"pretrained {name} for {domain}: {out} ({hms(time.time() - t0)})")
+        previous = out
+    return previous
 
 
 def run_one(spec, cmd, model: str) -> dict:
@@ -149,7 +153,7 @@ def main(argv=None) -> int:
         with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
             # One pretraining per domain (cached), then the runs, `--jobs` processes at a time.
             models = dict(zip(domains, pool.map(
-                lambda d: args.model or pretrain(d, os.path.join(root, "pretrain", d), 0), domains)))
+                lambda d: args.model or pretrain(d, root), domains)))
             identities = {d: study.model_identity(m) for d, m in models.items()}  # what each run records
             stale = study.stale_runs(specs, identities)
             if stale:  # never mix warm starts in one table, and never delete a finished run

@@ -6,6 +6,7 @@ import os
 import re
 
 import chex
+import jax
 import numpy as np
 import pytest
 
@@ -194,6 +195,32 @@ def test_launcher_builds_once_and_rebuilds_on_a_new_config(tmp_path, capsys):
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "notes.txt").write_text("mine")
     assert launcher.main(["--out", str(tmp_path / "foreign")] + argv[2:]) == 2
+
+
+def test_launcher_continues_an_earlier_model_with_its_tokenizer_and_weights(tmp_path):
+    launcher = _launcher()
+    first, second = str(tmp_path / "first"), str(tmp_path / "second")
+    argv = ["--examples", "48", "--corpus_tasks", "48", "--steps", "2", "--vocab", "400", "--d_model", "32",
+            "--layers", "1", "--heads", "2", "--ffn", "64", "--eval_tasks", "0", "--tokens_per_batch", "1024"]
+    assert launcher.main(["--out", first] + argv) == 0
+    # architecture flags that disagree with the init are unused: the continued model is the init's
+    assert launcher.main(["--out", second, "--init", first, "--seed", "1"] + argv + ["--d_model", "64"]) == 0
+    a, b = models.load(first), models.load(second)
+    assert b.config.hidden_size == 32 and b.tokenizer.vocab_size == a.tokenizer.vocab_size
+    assert b.tokenizer.encode("x = 12 + 7") == a.tokenizer.encode("x = 12 + 7")
+    moved = jax.tree.map(lambda x, y: float(np.abs(np.asarray(x) - np.asarray(y)).max()), a.params, b.params)
+    assert max(jax.tree.leaves(moved)) > 0  # trained further, from the init's weights
+    with open(os.path.join(first, "pretrain.json")) as f1, open(os.path.join(second, "pretrain.json")) as f2:
+        s1, s2 = json.load(f1), json.load(f2)
+    assert s2["init"]["config_hash"] == s1["config_hash"] and "losses" not in s2["init"]["sft"]
+    # the continued model's identity follows the init's: retraining the init changes it
+    args = launcher.parse(["--out", second, "--init", first, "--seed", "1"] + argv)
+    s1["config_hash"] = "0" * 16
+    with open(os.path.join(first, "pretrain.json"), "w") as f:
+        json.dump(s1, f)
+    assert launcher.config_hash(args) != s2["config_hash"]
+    with pytest.raises(SystemExit, match="not a finished launch/pretrain.py model"):
+        launcher.main(["--out", second, "--init", str(tmp_path / "missing")] + argv)
 
 
 def test_config_hash_ignores_unset_flags_so_the_math_model_stays_valid():

@@ -304,3 +304,30 @@ def test_runs_from_another_warm_start_are_never_mixed_in(tmp_path, monkeypatch, 
     with pytest.raises(SystemExit, match=r"math/grpo/seed0 \(pretrain:aaaa\); move their directories away"):
         launcher.main(argv + ["--model", str(model)])
     assert os.path.exists(run.eval_path)  # nothing was deleted
+
+
+def test_pretraining_stages_chain_and_the_gin_files_point_at_the_last(tmp_path, monkeypatch):
+    launcher = _load_launcher()
+    calls = []
+    monkeypatch.setattr(launcher, "call", lambda cmd, log_path: calls.append(cmd) or 0)
+    model = launcher.pretrain("mle", str(tmp_path))
+    outs = [cmd[cmd.index("--out") + 1] for cmd in calls]
+    assert outs == [os.path.join(str(tmp_path), "pretrain", name) for name, _ in study.PRETRAIN_STAGES["mle"]]
+    assert model == outs[-1] and "--init" not in calls[0]
+    assert all(cmd[cmd.index("--init") + 1] == before for cmd, before in zip(calls[1:], outs))
+    monkeypatch.setattr(launcher, "call", lambda cmd, log_path: 1)
+    with pytest.raises(SystemExit, match="pretraining math failed"):
+        launcher.pretrain("math", str(tmp_path))
+    for domain, stages in study.PRETRAIN_STAGES.items():  # a manual train.py run finds the study's model
+        with open(os.path.join(REPO, "gin", "study", f"{domain}.gin"), encoding="utf-8") as f:
+            assert f'\nMODEL = "runs/study/pretrain/{stages[-1][0]}"\n' in f.read()
+
+
+def test_pretrain_summary_lists_the_stages_a_model_continued(tmp_path):
+    first = {"config_hash": "aaaa", "args": {}, "sft": {"seconds": 10.0, "tokens": 100}}
+    (tmp_path / "pretrain.json").write_text(json.dumps({
+        "config_hash": "bbbb", "num_params": 5, "sft": {"seconds": 20.0, "tokens": 200, "loss_end": 0.5},
+        "init": {**first, "init": None}, "check": {"greedy": {"valid": 0.5, "normalized": 0.25, "tasks": {}}}}))
+    summary = study.pretrain_summary(str(tmp_path))
+    assert summary["earlier_stages"] == [{"config_hash": "aaaa", "sft_seconds": 10.0, "sft_tokens": 100}]
+    assert summary["sft_seconds"] == 20.0 and summary["check_accuracy_by_k"]["greedy"]["valid"] == 0.5

@@ -38,6 +38,17 @@ class Preset:
     domains: tuple = DOMAINS
 
 
+# launch/pretrain.py flags of each warm-start stage, run in order into ROOT/pretrain/<name>; a later stage
+# continues the one before it (--init). The last stage is the domain's model. MLE: after 300 SFT steps the
+# model wrote valid scripts greedily on 1 of 3 held-out tasks and on none of 12 at T = 1 (undertrained:
+# see notebooks/cpu_study.md), so a second stage continues it on a fresh corpus (seed 1: other examples,
+# other procedural tasks) instead of restarting from scratch.
+PRETRAIN_STAGES = {
+    "math": (("math", ()),),
+    "mle": (("mle", ()),
+            ("mle_continued", ("--seed", "1", "--examples", "2500", "--steps", "400", "--lr", "2e-3"))),
+}
+
 PRESETS = {
     "full": Preset("", METHODS, (0, 1, 2)),
     "quick": Preset("_quick", ("base", "grpo", "exit"), (0,), domains=("math",)),
@@ -359,5 +370,11 @@ def pretrain_summary(model_dir: str) -> dict | None:
     check = {name: c["accuracy_by_k"] if "accuracy_by_k" in c else {"valid": c.get("valid"),
                                                                      "normalized": c.get("normalized")}
              for name, c in (info.get("check") or {}).items() if isinstance(c, dict)}
+    stages, init = [], info.get("init")  # earlier stages this model continued (launch/pretrain.py --init)
+    while init:
+        stages.append({"config_hash": init["config_hash"], "sft_seconds": init["sft"].get("seconds"),
+                       "sft_tokens": init["sft"].get("tokens")})
+        init = init.get("init")
     return {"config_hash": info.get("config_hash"), "num_params": info.get("num_params"),
-            "sft_seconds": sft.get("seconds"), "sft_loss_end": sft.get("loss_end"), "check_accuracy_by_k": check}
+            "sft_seconds": sft.get("seconds"), "sft_tokens": sft.get("tokens"), "sft_loss_end": sft.get("loss_end"),
+            "earlier_stages": stages[::-1], "check_accuracy_by_k": check}
