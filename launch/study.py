@@ -148,7 +148,8 @@ def main(argv=None) -> int:
     if args.jobs < 1:
         p.error(f"--jobs={args.jobs}: need at least 1.")
     started, t_start, failed = datetime.datetime.now().isoformat(timespec="seconds"), time.time(), []
-    models = {}
+    # the report names each domain's model: what --model gives, else where pretrain() puts the last stage
+    models = {d: args.model or os.path.join(root, "pretrain", study.PRETRAIN_STAGES[d][-1][0]) for d in domains}
     if not args.report_only:
         with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
             # One pretraining per domain (cached), then the runs, `--jobs` processes at a time.

@@ -331,3 +331,18 @@ def test_pretrain_summary_lists_the_stages_a_model_continued(tmp_path):
     summary = study.pretrain_summary(str(tmp_path))
     assert summary["earlier_stages"] == [{"config_hash": "aaaa", "sft_seconds": 10.0, "sft_tokens": 100}]
     assert summary["sft_seconds"] == 20.0 and summary["check_accuracy_by_k"]["greedy"]["valid"] == 0.5
+
+
+def test_report_only_trains_nothing_and_names_the_pretrained_model(tmp_path, monkeypatch):
+    launcher = _load_launcher()
+    monkeypatch.setattr(launcher, "call", lambda cmd, log_path: pytest.fail(f"ran {cmd}"))
+    root = tmp_path / "root"
+    _fake_run(study.plan_runs(str(root / "full"), ["math"], ["grpo"], [0])[0], _math_eval("grpo", 0, [0.5, 0.25]))
+    model = root / "pretrain" / study.PRETRAIN_STAGES["math"][-1][0]
+    model.mkdir(parents=True)
+    (model / "pretrain.json").write_text(json.dumps({"config_hash": "cccc", "sft": {"seconds": 3.0}}))
+    out = tmp_path / "res" / "cpu_study.json"
+    assert launcher.main(["--report_only", "--domains", "math", "--root", str(root), "--out", str(out)]) == 0
+    meta = json.loads((out.parent / "cpu_study_meta.json").read_text())
+    assert meta["models"] == {"math": str(model)} and meta["pretrain"]["math"]["config_hash"] == "cccc"
+    assert json.loads(out.read_text())["math"]["grpo"][0]["accuracy_by_k"] == [0.5, 0.25]
