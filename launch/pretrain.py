@@ -2,16 +2,17 @@
 
     python launch/pretrain.py --domain math --out runs/study/pretrained_math
     python launch/pretrain.py --domain math --out /tmp/pt --examples 2000 --steps 100   # a quick look
-    python launch/pretrain.py --domain mle --out runs/study/pretrain/mle_2 --init runs/study/pretrain/mle \
-        --seed 1 --examples 3000 --steps 500 --lr 2e-3                           # continue an SFT
+    python launch/pretrain.py --domain mle --out runs/study/pretrain/mle_continued \
+        --init runs/study/pretrain/mle --seed 1 --examples 2500 --steps 400 --lr 2e-3   # continue an SFT
 
 Steps: generate the corpus (exit_jax.pretrain.<domain>_corpus) on the domain's training tasks, train a
 sentencepiece tokenizer on it, SFT a freshly initialised model (or, with --init, keep an earlier warm
 start's tokenizer and architecture and continue from its weights on a fresh corpus), save it where
 `models.load(out)` (and so `MODEL = "<out>"` in gin) finds it, and check it on held-out tasks: for math,
 greedy and T=1 accuracy at k=0 and after one self-improvement step; for MLE, how many first attempts run
-and make a valid submission and their normalized scores. `out/pretrain.json` records the configuration hash, the loss
-curve and the check; a rerun with the same configuration skips, a different one rebuilds `out`.
+and make a valid submission and their normalized scores. `out/pretrain.json` records the configuration
+hash, the loss curve, the check and (with --init) the earlier stages; a rerun with the same configuration
+skips, a different one rebuilds `out`.
 """
 import argparse
 import dataclasses
