@@ -43,6 +43,11 @@ def call(cmd: list, log_path: str) -> int:
         return subprocess.run(cmd, check=False, cwd=REPO, stdout=f, stderr=subprocess.STDOUT).returncode
 
 
+def stage_dir(root: str, name: str) -> str:
+    """Where a warm-start stage of study.PRETRAIN_STAGES is built: ROOT/pretrain/<name>."""
+    return os.path.join(root, "pretrain", name)
+
+
 def pretrain(domain: str, root: str) -> str:
     """Builds (or finds cached) the domain's warm-start stages (study.PRETRAIN_STAGES); returns the last."""
     script = os.path.join(REPO, "launch", "pretrain.py")
@@ -51,7 +56,7 @@ def pretrain(domain: str, root: str) -> str:
                          "pretraining.")
     previous = None
     for name, flags in study.PRETRAIN_STAGES[domain]:
-        t0, out = time.time(), os.path.join(root, "pretrain", name)
+        t0, out = time.time(), stage_dir(root, name)
         os.makedirs(os.path.dirname(out), exist_ok=True)  # for the log beside `out`
         cmd = [sys.executable, script, "--domain", domain, "--out", out, *flags]
         rc = call(cmd + (["--init", previous] if previous else []), out + ".log")
@@ -148,8 +153,8 @@ def main(argv=None) -> int:
     if args.jobs < 1:
         p.error(f"--jobs={args.jobs}: need at least 1.")
     started, t_start, failed = datetime.datetime.now().isoformat(timespec="seconds"), time.time(), []
-    # the report names each domain's model: what --model gives, else where pretrain() puts the last stage
-    models = {d: args.model or os.path.join(root, "pretrain", study.PRETRAIN_STAGES[d][-1][0]) for d in domains}
+    # the report names each domain's model: what --model gives, else the last stage pretrain() builds
+    models = {d: args.model or stage_dir(root, study.PRETRAIN_STAGES[d][-1][0]) for d in domains}
     if not args.report_only:
         with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
             # One pretraining per domain (cached), then the runs, `--jobs` processes at a time.
