@@ -188,7 +188,12 @@ def test_mesh_sharded_equals_single_device(params):
     shard = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     state = s._prefill(s.spec, params, *jax.device_put((tokens, mask, np.arange(4, dtype=np.int32)),
                                                        shard), jnp.uint32(0), sampling.make_knobs())
-    assert state.cache["layers_0"]["k"].sharding.is_equivalent_to(shard, 4)
+    # Each prompt's cache is stored once, shared by its G = 2 samples; rows own only their N slots.
+    layer = state.cache["layers_0"]
+    chex.assert_shape(layer["prefix_k"], (4, CONFIG.num_kv_heads, tokens.shape[1], CONFIG.head_dim))
+    chex.assert_shape(layer["k"], (8, CONFIG.num_kv_heads, 16, CONFIG.head_dim))
+    for name in ("prefix_k", "prefix_v", "k", "v"):
+        assert layer[name].sharding.is_equivalent_to(shard, 4), name
     assert len(state.tokens.addressable_shards) == 4
     assert state.tokens.addressable_shards[0].data.shape == (2, 16)
 

@@ -12,9 +12,12 @@ Parameter tree (flax `Dense` kernels are [in, out]; Hugging Face stores [out, in
     final_norm/scale                   [D]
     lm_head/kernel                     [D, V]                    (absent when embeddings are tied)
 
-The cache is a plain dict {"layers_{i}": {"k": [B, S, Hkv, hd], "v": [B, S, Hkv, hd]}}; callers pass
+The cache is a plain dict {"layers_{i}": {"k": [B, Hkv, S, hd], "v": [B, Hkv, S, hd]}}; callers pass
 explicit positions and a boolean attention mask [B, T, S], so left padding, prefill and one-token
-decode are all the same call (the style of google-deepmind/gemma's sampler).
+decode are all the same call (the style of google-deepmind/gemma's sampler). A layer's cache may also
+hold a read-only shared prefix {"prefix_k", "prefix_v": [P, Hkv, Sp, hd]} that rows b = p * (B / P) + r
+all attend to before their own S slots (the mask is then [B, T, Sp + S]): the sampler's G samples of a
+prompt share its prompt's keys and values instead of G copies.
 """
 from __future__ import annotations
 
@@ -94,25 +97,57 @@ class Attention(nn.Module):
         v = v.reshape(b, t, c.num_kv_heads, c.head_dim)
         inv_freq = jnp.asarray(rope_inv_freq(c))
         q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
-        kv = "bskd"  # k, v: [B, T, Hkv, D]
-        if cache is not None:
-            # The cache is [B, Hkv, S, D]: (batch, head) lead and (slot, dim) are contiguous, so a decode
-            # step's attention is one batched matrix-vector product straight off the cache. In the
-            # [B, S, Hkv, D] layout XLA:CPU strided through (or copied) the whole cache every step: one
-            # layer's decode attention took 86 ms, now 1.5 ms, at B = 32, S = 2k, Hkv = 4, D = 32.
-            start, dtype = (0, 0, cache_index, 0), cache["k"].dtype
-            k = jax.lax.dynamic_update_slice(cache["k"], k.transpose(0, 2, 1, 3).astype(dtype), start)
-            v = jax.lax.dynamic_update_slice(cache["v"], v.transpose(0, 2, 1, 3).astype(dtype), start)
-            cache, kv = {"k": k, "v": v}, "bksd"
         groups = c.num_heads // c.num_kv_heads
         q = q.reshape(b, t, c.num_kv_heads, groups, c.head_dim) * (c.head_dim ** -0.5)
-        scores = jnp.einsum(f"btkgd,{kv}->bkgts", q, k.astype(q.dtype),
-                            preferred_element_type=jnp.float32)  # [B, Hkv, G, T, S]
-        scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-        out = jnp.einsum(f"bkgts,{kv}->btkgd", probs, v.astype(self.dtype))
+        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, Hkv, T, D]
+        if cache is None:  # no-cache forward (training): the keys are this call's tokens
+            k_all, v_all, new_cache = k, v, None
+        else:
+            # The cache is [B, Hkv, S, D]: (batch, head) lead and (slot, dim) are contiguous, so
+            # attention reads it straight off, with no per-step re-layout of the whole cache.
+            start, dtype = (0, 0, cache_index, 0), cache["k"].dtype
+            k_all = jax.lax.dynamic_update_slice(cache["k"], k.astype(dtype), start)
+            v_all = jax.lax.dynamic_update_slice(cache["v"], v.astype(dtype), start)
+            new_cache = dict(cache, k=k_all, v=v_all)
+        if t == 1:
+            # One-token decode: multiply-and-reduce fusions that stream the cache once, instead of
+            # B * Hkv tiny batched matmuls (small-matmul dispatch dominated them on CPU).
+            qf = q[:, 0].astype(jnp.float32)  # [B, Hkv, G, D]
+            own = jnp.sum(qf[:, :, :, None] * k_all.astype(jnp.float32)[:, :, None], -1)[:, :, :, None]
+        else:
+            own = jnp.einsum("btkgd,bksd->bkgts", q, k_all.astype(q.dtype),
+                             preferred_element_type=jnp.float32)  # [B, Hkv, G, T, S]
+        if cache is None or "prefix_k" not in cache:
+            probs = _masked_softmax(own, mask)
+            out = _weighted_values(probs, v_all, self.dtype)
+        else:
+            # Rows b = p * R + r share prompt p's keys and values (R = B / P samples of one prompt):
+            # the prompt's cache is stored and read once per prompt, not once per sample.
+            pk, pv = cache["prefix_k"], cache["prefix_v"]  # [P, Hkv, Sp, D]
+            num_p, width = pk.shape[0], pk.shape[2]
+            qp = q.reshape((num_p, b // num_p) + q.shape[1:])  # [P, R, T, Hkv, G, D]
+            shared = jnp.einsum("prtkgd,pksd->prkgts", qp, pk.astype(q.dtype),
+                                preferred_element_type=jnp.float32).reshape(
+                                    (b,) + own.shape[1:4] + (width,))  # [B, Hkv, G, T, Sp]
+            probs = _masked_softmax(jnp.concatenate([shared, own], -1), mask)
+            pp = probs[..., :width].astype(self.dtype).reshape((num_p, b // num_p) + probs.shape[1:4] + (width,))
+            out = (jnp.einsum("prkgts,pksd->prtkgd", pp, pv.astype(self.dtype)).reshape(q.shape)
+                   + _weighted_values(probs[..., width:], v_all, self.dtype))
         out = out.reshape(b, t, c.num_heads * c.head_dim)
-        return dense(c.hidden_size, use_bias=False, name="o")(out), cache
+        return dense(c.hidden_size, use_bias=False, name="o")(out), new_cache
+
+
+def _masked_softmax(scores, mask):
+    """softmax over the key axis of f32 scores [B, Hkv, G, T, S] where mask [B, T, S] holds."""
+    return jax.nn.softmax(jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min), axis=-1)
+
+
+def _weighted_values(probs, values, dtype):
+    """probs [B, Hkv, G, T, S] x values [B, Hkv, S, D] -> [B, T, Hkv, G, D] in dtype."""
+    if probs.shape[3] == 1:  # one query: a multiply-and-reduce over the slots (see Attention)
+        out = jnp.sum(probs[:, :, :, 0, :, None] * values.astype(jnp.float32)[:, :, None], axis=3)
+        return out[:, None].astype(dtype)
+    return jnp.einsum("bkgts,bksd->btkgd", probs.astype(dtype), values.astype(dtype))
 
 
 class MLP(nn.Module):

@@ -6,6 +6,11 @@ Layout of the fixed-length cache of a row (L = prompt bucket, N = max_new_tokens
     slot:   0 ............ L-1 | L ........ L+N-1
             left-padded prompt | generated tokens (slot L+i holds completion token i)
 
+The prompt's slots are stored once per prompt ([P, Hkv, L, D], written by the prefill) and shared by
+its G samples; each row owns only its N generated slots ([B, Hkv, N, D]). Decoding reads a prompt's
+keys and values once per step for the whole group, and the cache holds P * L + B * N slots, not
+B * (L + N): G times less prompt memory and traffic, which is most of it for long (MLE) prompts.
+
 A key slot is attended iff it is a real prompt token or a generated slot already written; positions
 come from the left-padding mask (prompt token j of a row of length n sits at position j, completion
 token i at n + i), so padding never shifts RoPE and a row computes what it would compute alone.
@@ -43,7 +48,7 @@ class SamplerSpec:
 @flax.struct.dataclass
 class SamplingState:
     """Decode state of B = P * G rows (row p * G + g is sample g of prompt p). Donated to the loop."""
-    cache: dict  # layers_i/{k,v}: [B, S, Hkv, hd] in the compute dtype
+    cache: dict  # layers_i/{prefix_k,prefix_v}: [P, Hkv, L, hd]; {k,v}: [B, Hkv, N, hd]; compute dtype
     prompt_mask: jax.Array  # bool [B, L]: real prompt slots
     prompt_len: jax.Array  # int32 [B]
     last: jax.Array  # int32 [B]: the token to feed next
@@ -78,21 +83,21 @@ def _prefill_impl(spec: SamplerSpec, params, tokens, prompt_mask, prompt_index, 
     model = Transformer(spec.config, dtype=spec.dtype)
     apply = lambda *a: model.apply({"params": params}, *a)  # noqa: E731
     positions = positions_from_mask(prompt_mask)  # [P, L]
-    kv_prompt = jnp.pad(prompt_mask, ((0, 0), (0, n)))  # [P, S]
-    cache = init_cache(spec.config, num_p, length + n, spec.dtype)
+    cache = init_cache(spec.config, num_p, length, spec.dtype)  # the prompt's slots only
     if length > 1:
         # All but the last prompt token: only the cache is kept, so XLA drops their vocab head.
-        slots = jnp.arange(length + n)
-        causal = slots[None, :] <= jnp.arange(length - 1)[:, None]  # [L-1, S]
-        _, cache, _ = apply(tokens[:, :-1], positions[:, :-1], causal[None] & kv_prompt[:, None],
+        causal = jnp.arange(length)[None, :] <= jnp.arange(length - 1)[:, None]  # [L-1, L]
+        _, cache, _ = apply(tokens[:, :-1], positions[:, :-1], causal[None] & prompt_mask[:, None],
                             cache, 0)
-    logits, cache, _ = apply(tokens[:, -1:], positions[:, -1:], kv_prompt[:, None], cache,
+    logits, cache, _ = apply(tokens[:, -1:], positions[:, -1:], prompt_mask[:, None], cache,
                              length - 1)
-    # Fan out to G samples per prompt only now: the prompt was run once.
+    # Fan out to G samples per prompt only now: the prompt was run once, and its cache stays shared.
     fan = lambda x: jnp.broadcast_to(x[:, None], (num_p, g) + x.shape[1:]).reshape(  # noqa: E731
         (num_p * g,) + x.shape[1:])
-    cache, logits, prompt_mask = _constrain(spec, jax.tree.map(fan, (cache, logits[:, 0],
-                                                                     prompt_mask)))
+    logits, prompt_mask = _constrain(spec, jax.tree.map(fan, (logits[:, 0], prompt_mask)))
+    own = init_cache(spec.config, num_p * g, n, spec.dtype)
+    cache = _constrain(spec, {name: {"prefix_k": layer["k"], "prefix_v": layer["v"], **own[name]}
+                              for name, layer in cache.items()})
     # Row key = f(seed, prompt index, sample index): independent of batch size, bucket and devices.
     base = jax.random.key(seed)
     prompt_keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(prompt_index)  # [P]
@@ -123,11 +128,11 @@ def _decode_impl(spec: SamplerSpec, params, state: SamplingState) -> SamplingSta
         return (s.step < spec.max_new_tokens) & ~jnp.all(s.done)
 
     def body(s: SamplingState) -> SamplingState:
-        slot = length + s.step - 1  # where the token fed now is written
+        slot = length + s.step - 1  # where the token fed now is written (its row's slot s.step - 1)
         mask = jnp.where(slots < length, kv_prompt, slots <= slot)[:, None]  # [B, 1, S]
         positions = (s.prompt_len + s.step - 1)[:, None]  # [B, 1]
         logits, cache, _ = model.apply({"params": params}, s.last[:, None], positions, mask,
-                                       s.cache, slot)
+                                       s.cache, s.step - 1)
         keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(s.keys, s.step)
         tok, lp = choose_tokens(logits[:, 0], keys, s.knobs)
         tok = jnp.where(s.done, spec.pad_id, tok)
