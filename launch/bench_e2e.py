@@ -1,8 +1,9 @@
 """Seconds per GRPO iteration on math, SmolLM2-135M-Instruct: exit_jax vs TRL's GRPOTrainer (torch CPU).
 
-    python launch/bench_e2e.py [--prompts 4 --group 4 --max-new-tokens 64 --warmup 1 --timed 10]
+    python launch/bench_e2e.py [--prompts 4 --group 4 --max-new-tokens 64 --warmup 1 --timed 10] [--no-skip]
+                               [--sides trl,exit_jax] [--json out.json]
 
-Both sides, in this one process and one after the other, run plain GRPO (no buffer: the same work
+Both sides, each in its own process (so peak RSS is its own) and one after the other, run plain GRPO (no buffer: the same work
 per iteration) from the exact same weights: sample G completions for each of P chat-templated math
 prompts (temperature 1, no top-k/top-p), grade them with exit_jax.envs.math, take one AdamW step on the
 P*G batch (clip 0.2, beta 0 so no reference model, per-sequence token-mean loss, group-std advantages),
@@ -17,6 +18,7 @@ read min_iteration_s too: torch's iterations slowed 3-10x whenever another proce
 import argparse, json, os, statistics, sys, tempfile, time  # noqa: E401
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # gin_cli, bench_util
 
 
 def summary(steps, rollout, ckpt, tokens, prompt_tokens, warmup):
@@ -105,6 +107,45 @@ def bench_trl(a, hf_dir, domain):
                    rec["tokens"], statistics.mean(rec["prompt_tokens"]), a.warmup)
 
 
+def update_flops(lm, rows, prompt_tokens, completion_tokens) -> float:
+    """Model FLOPs of one update over the real (unpadded) tokens: 6 per parameter per token through the
+    decoder, and through the vocabulary head for the scored (completion) tokens only."""
+    c = lm.config
+    head = c.vocab_size * c.hidden_size
+    body = c.num_params() - head * (1 if c.tie_embeddings else 2)
+    return 6.0 * (body * rows * (prompt_tokens + completion_tokens / rows) + head * completion_tokens)
+
+
+def child(a):
+    """Run one side in this process (so its peak RSS is its own) and write its summary to a.out."""
+    import gin_cli
+    gin_cli.tune_malloc()  # as launch/train.py does
+    import resource
+    import jax
+    from bench_util import matmul_peak
+    from exit_jax import models
+    from exit_jax.training import domains
+    domain = domains.math(num_train=a.num_train, num_eval=1, levels=(1, 2), seed=a.seed)
+    lm = models.load("smollm2-135m-instruct")
+    vers = {"jax": jax.__version__}
+    if a.child == "exit_jax":
+        out = bench_ours(a, lm, domain)
+    else:
+        import torch, transformers, trl  # noqa: E401
+        vers |= {"torch": torch.__version__, "transformers": transformers.__version__,
+                 "trl": trl.__version__, "torch_threads": torch.get_num_threads()}
+        with tempfile.TemporaryDirectory() as hf_dir:
+            models.save_hf(lm, hf_dir)  # TRL trains the exact same weights
+            out = bench_trl(a, hf_dir, domain)
+    flops = update_flops(lm, a.prompts * a.group, out["mean_prompt_tokens"], out["completion_tokens_per_it"])
+    out["peak_gflops"] = matmul_peak() / 1e9  # measured right after the run, under the same load
+    out["update_peak_frac"] = flops / out["learner_update_s"] / (out["peak_gflops"] * 1e9)
+    out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    out["versions"] = vers
+    with open(a.out, "w") as f:
+        json.dump(out, f)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for flag, default, why in (
@@ -116,45 +157,47 @@ def main():
             # Both sides accumulate gradients over this many rows: all 16 x 192 at once takes > 10 GB
             # in our learner, more than this shared host has to spare.
             ("--micro-batch", 4, "rows per forward/backward pass"), ("--seed", 0, "seed"),
-            # TRL first: run after ours (7 GB resident) it was 2-7x slower on this host than alone.
-            ("--sides", "trl,exit_jax", "which sides to run, in order")):
+            ("--sides", "trl,exit_jax", "which sides to run, in order, each in its own process"),
+            ("--json", "", "also write the results and ratios to this JSON file")):
         p.add_argument(flag, type=type(default), default=default, help=why)
     p.add_argument("--no-skip", action="store_true",
                    help="train zero-advantage rows too (LearnerConfig.skip_zero_advantage=False)")
+    p.add_argument("--child", default="", help=argparse.SUPPRESS)  # internal: run one side
+    p.add_argument("--out", default="", help=argparse.SUPPRESS)
     a = p.parse_args()
     if set(a.sides.split(",")) - {"exit_jax", "trl"}:
         p.error(f"--sides={a.sides!r}: expected a comma-separated list of exit_jax and trl.")
     if (a.prompts * a.group) % a.micro_batch:
         p.error(f"--micro-batch={a.micro_batch} must divide prompts x group = {a.prompts * a.group}.")
-    import gin_cli
-    gin_cli.tune_malloc()  # as launch/train.py does; the whole process, so both sides get it
-    import jax, torch, transformers  # noqa: E401
-    from exit_jax import models
-    from exit_jax.training import domains
-    domain = domains.math(num_train=a.num_train, num_eval=1, levels=(1, 2), seed=a.seed)
-    lm = models.load("smollm2-135m-instruct")
-    vers = {"jax": jax.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "torch_threads": torch.get_num_threads(), "load_avg": os.getloadavg()}
+    if a.child:
+        return child(a)
+    import subprocess
+    from bench_util import write_json
     results = {}
-    with tempfile.TemporaryDirectory() as hf_dir:
-        models.save_hf(lm, hf_dir)  # TRL trains the exact same weights
+    with tempfile.TemporaryDirectory() as tmp:
         for side in a.sides.split(","):
-            results[side] = bench_ours(a, lm, domain) if side == "exit_jax" else bench_trl(a, hf_dir, domain)
+            out = os.path.join(tmp, side + ".json")
+            subprocess.run([sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--child", side,
+                            "--out", out], check=True)
+            with open(out) as f:
+                results[side] = json.load(f)
             print(side, json.dumps(results[side]), flush=True)
-    if "trl" in results:
-        import trl
-        vers["trl"] = trl.__version__
     print(f"config: P={a.prompts} G={a.group} N={a.max_new_tokens} micro_batch={a.micro_batch} "
-          f"warmup={a.warmup} timed={a.timed} {vers}")
-    keys = [k for k in results[next(iter(results))] if not k.startswith("timed_")]
+          f"warmup={a.warmup} timed={a.timed} no_skip={a.no_skip} load_avg={os.getloadavg()}")
+    keys = [k for k, v in results[next(iter(results))].items() if isinstance(v, (int, float))]
     both = "exit_jax" in results and "trl" in results
     print(f"{'metric':24s}" + "".join(f"{s:>12s}" for s in results) + ("  ratio" if both else ""))
+    ratios = {}
     for k in keys:
         line = f"{k:24s}" + "".join(f"{results[s][k]:12.3f}" for s in results)
         ours, theirs = (results["exit_jax"][k], results["trl"][k]) if both else (0, 0)
-        if ours and theirs:  # times and counts: TRL / ours; rates: ours / TRL
-            line += f"  {ours / theirs if 'per_s' in k else theirs / ours:.2f}"
+        if ours and theirs and k not in ("completion_tokens_per_it", "mean_prompt_tokens", "peak_gflops"):
+            # times and memory: TRL / ours; rates and fractions: ours / TRL (> 1: exit_jax is ahead)
+            ratios[k] = ours / theirs if ("per_s" in k or "frac" in k) else theirs / ours
+            line += f"  {ratios[k]:.2f}"
         print(line)
+    write_json(a.json, {"bench": "e2e", "args": {k: v for k, v in vars(a).items() if k not in ("child", "out")},
+                        "results": results, "ratios": ratios})
 
 
 if __name__ == "__main__":

@@ -1,36 +1,30 @@
 """Sampler throughput vs Hugging Face transformers `generate` (torch CPU), same weights and prompts.
 
-    python launch/bench_sampler.py [--new_tokens 64] [--batches 1,16,64] [--context 1536]
+    python launch/bench_sampler.py [--new_tokens 64] [--batches 1,16,64] [--context 1536] [--json out.json]
 
 Batch 1 is one prompt with one sample; larger batches are batch/8 prompts x G=8 samples. Rows never
 stop early (no eos), so both sides produce exactly batch * new_tokens tokens. Prints tok/s of both,
 their ratio, and our achieved FLOP/s as a fraction of this machine's fp32 matmul peak, measured in
 the same run. --context N puts a system message of ~N tokens before every question, as MLE prompts
 (task description and file previews) do: decoding then reads a long KV cache. Needs the `parity` extra
-(torch, transformers).
+(torch, transformers). --json writes the ratios for the regression guard (tests/test_bench_guard.py).
 """
 import argparse
 import os
+import sys
 import tempfile
 import time
 
 import jax
-import jax.numpy as jnp
 
-from exit_jax import models, sampling
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_util import matmul_peak, write_json  # noqa: E402
+from exit_jax import models, sampling  # noqa: E402
 
 QUESTIONS = ["What is 12 times 7?", "Name three primary colors.", "Write a haiku about the sea.",
              "Explain what a prime number is.", "What is the capital of France?",
              "Give me a synonym for happy.", "How many legs does a spider have?",
              "Summarize Romeo and Juliet in one sentence."]
-
-
-def matmul_peak(n=2048, reps=5) -> float:
-    a = jnp.ones((n, n), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    best = min(_timed(lambda: f(a).block_until_ready()) for _ in range(reps))
-    return 2 * n ** 3 / best
 
 
 def _timed(fn) -> float:
@@ -50,6 +44,7 @@ def main():
     ap.add_argument("--new_tokens", type=int, default=64)
     ap.add_argument("--batches", default="1,16,64")
     ap.add_argument("--context", type=int, default=0, help="system-message tokens before each question")
+    ap.add_argument("--json", default="", help="also write the results to this JSON file")
     args = ap.parse_args()
     import torch
     import transformers
@@ -74,6 +69,7 @@ def main():
     torch.set_num_threads(best)
     print(f"devices={jax.devices()[0].platform} torch_threads={torch.get_num_threads()}")
     flops_per_token = 2 * lm.config.num_params()  # matmul FLOPs per processed token (head included)
+    results = []
     for batch in [int(b) for b in args.batches.split(",")]:
         g = 1 if batch == 1 else 8
         group = prompts[:batch // g]
@@ -103,6 +99,11 @@ def main():
             print(f"batch={batch:3d} ({len(group)}x{g}) {mode:6s} ours={ours_tps:8.1f} tok/s  "
                   f"transformers={theirs_tps:8.1f} tok/s  ratio={ours_tps / theirs_tps:5.2f}x  "
                   f"ours={frac * 100:5.1f}% of matmul peak ({peak / 1e9:.0f} GFLOP/s)")
+            results.append(dict(batch=batch, mode=mode, ours_tok_s=ours_tps, transformers_tok_s=theirs_tps,
+                                ratio=ours_tps / theirs_tps, peak_frac=frac, peak_gflops=peak / 1e9))
+    write_json(args.json, {"bench": "sampler", "new_tokens": n, "context": args.context, "results": results,
+                           "versions": {"jax": jax.__version__, "torch": torch.__version__,
+                                        "transformers": transformers.__version__}})
 
 
 if __name__ == "__main__":
