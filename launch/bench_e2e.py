@@ -3,8 +3,8 @@
     python launch/bench_e2e.py [--prompts 4 --group 4 --max-new-tokens 64 --warmup 1 --timed 10] [--no-skip]
                                [--sides trl,exit_jax] [--json out.json]
 
-Both sides, each in its own process (so peak RSS is its own) and one after the other, run plain GRPO (no buffer: the same work
-per iteration) from the exact same weights: sample G completions for each of P chat-templated math
+Both sides, each in its own process (so peak RSS is its own) and one after the other, run plain GRPO
+(no buffer: the same work per iteration) from the exact same weights: sample G completions for each of P chat-templated math
 prompts (temperature 1, no top-k/top-p), grade them with exit_jax.envs.math, take one AdamW step on the
 P*G batch (clip 0.2, beta 0 so no reference model, per-sequence token-mean loss, group-std advantages),
 accumulating gradients over --micro-batch rows at a time (TRL: steps_per_generation = accumulation
