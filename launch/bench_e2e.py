@@ -3,17 +3,18 @@
     python launch/bench_e2e.py [--prompts 4 --group 4 --max-new-tokens 64 --warmup 1 --timed 10] [--no-skip]
                                [--sides trl,exit_jax] [--json out.json]
 
-Both sides, each in its own process (so peak RSS is its own) and one after the other, run plain GRPO
-(no buffer: the same work per iteration) from the exact same weights: sample G completions for each of P chat-templated math
-prompts (temperature 1, no top-k/top-p), grade them with exit_jax.envs.math, take one AdamW step on the
-P*G batch (clip 0.2, beta 0 so no reference model, per-sequence token-mean loss, group-std advantages),
-accumulating gradients over --micro-batch rows at a time (TRL: steps_per_generation = accumulation
-steps, so no extra old-log-prob pass; ours takes the sampler's log-probs). The first --warmup
-iterations (our jit compiles, torch's first calls) are reported apart; the rest give medians and
-means (the mean carries our periodic checkpoint: loop.RunConfig.checkpoint_every, default 10). Our
-prompts pad to a bucket (sampling.prompt_bucket, >= --min-bucket), TRL's to the batch's longest
-prompt. Each side draws its own prompts from the same task set. Ratios: > 1 means exit_jax is faster. On a shared host
-read min_iteration_s too: torch's iterations slowed 3-10x whenever another process used the cores.
+Both sides, each in its own process (so peak RSS is its own) and one after the other, run plain GRPO (no
+buffer: the same work per iteration) from the exact same weights: sample G completions for each of P
+chat-templated math prompts (temperature 1, no top-k/top-p), grade them with exit_jax.envs.math, take
+one AdamW step on the P*G batch (clip 0.2, beta 0 so no reference model, per-sequence token-mean loss,
+group-std advantages), accumulating gradients over --micro-batch rows at a time (TRL:
+steps_per_generation = accumulation steps, so no extra old-log-prob pass; ours takes the sampler's
+log-probs). The first --warmup iterations (our jit compiles, torch's first calls) are reported apart; the
+rest give medians and means (the mean carries our periodic checkpoint: loop.RunConfig.checkpoint_every,
+default 10). Our prompts pad to a bucket (sampling.prompt_bucket, >= --min-bucket), TRL's to the batch's
+longest prompt. Each side draws its own prompts from the same task set. Ratios: > 1 means exit_jax is
+faster. On a shared host read min_iteration_s too: torch's iterations slowed 3-10x whenever another
+process used the cores.
 """
 import argparse, json, os, statistics, sys, tempfile, time  # noqa: E401
 
