@@ -114,7 +114,7 @@ def update_flops(lm, rows, prompt_tokens, completion_tokens) -> float:
     c = lm.config
     head = c.vocab_size * c.hidden_size
     body = c.num_params() - head * (1 if c.tie_embeddings else 2)
-    return 6.0 * (body * rows * (prompt_tokens + completion_tokens / rows) + head * completion_tokens)
+    return 6.0 * (body * (rows * prompt_tokens + completion_tokens) + head * completion_tokens)
 
 
 def child(a):
