@@ -229,6 +229,59 @@ def test_bfloat16_params_compute_and_remat(params):
     assert max_diff(state.params, jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)) > 0
 
 
+def test_scanned_layers_give_the_unrolled_update_single_and_fsdp(params):
+    """LearnerConfig.scan_layers stacks the layers in the state and scans them: same update, and the
+    params come back to the sampler and to checkpoints in the per-layer layout."""
+    mc = preset("tiny")  # 2 layers: the scan has something to iterate
+    batch = make_batch(params)  # old log-probs of the 1-layer model: ratios away from 1, clipping on
+    params = transformer.init_params(mc, seed=1)
+    stacked = transformer.stack_layers(params)
+    chex.assert_shape(stacked["layers"]["mlp"]["up"]["kernel"], (2, mc.hidden_size, mc.intermediate_size))
+    assert max_diff(transformer.unstack_layers(stacked), params) == 0.0
+    tokens = jnp.asarray(np.random.default_rng(0).integers(1, mc.vocab_size, (2, 7)), jnp.int32)
+    np.testing.assert_allclose(transformer.forward(stacked, mc, tokens), transformer.forward(params, mc, tokens),
+                               atol=1e-5)
+    out = {}
+    for mode, scan in (("single", False), ("single", True), ("fsdp", True)):
+        cfg = cfg_for(parallel=mode, scan_layers=scan, kl_beta=0.01, epochs=1, micro_batch_size=2)
+        state = parallel.place_state(learner.init_state(params, cfg), cfg)
+        state, metrics = parallel.make_update(mc, cfg)(state, parallel.place_batch(batch, cfg))
+        assert ("layers" in state.params) == scan and ("layers" in state.ref_params) == scan
+        out[mode, scan] = parallel.host_params(state, cfg), metrics
+    want, m_want = out["single", False]
+    assert max_diff(want, params) > 1e-4
+    for key in (("single", True), ("fsdp", True)):
+        assert max_diff(out[key][0], want) < 1e-5, key
+        for k in ("loss", "kl", "grad_norm", "entropy"):
+            np.testing.assert_allclose(out[key][1][k], m_want[k], rtol=1e-4, err_msg=f"{key} {k}")
+
+
+def test_vocab_chunks_give_the_same_logprobs_entropy_and_gradients(params):
+    batch = make_batch(params)
+    args = (MC, batch["tokens"], batch["input_mask"])
+
+    def loss(p, chunk):
+        logp, ent = learner.token_logprobs(p, *args, temperature=0.7, with_entropy=True, width=10,
+                                           vocab_chunk=chunk)
+        return jnp.sum(logp * batch["completion_mask"][:, -10:]), (logp, ent)
+
+    whole = jax.jit(jax.grad(loss, has_aux=True), static_argnums=1)
+    g0, (lp0, e0) = whole(params, 0)
+    g3, (lp3, e3) = whole(params, 3)  # 10 columns in chunks of 3: a padded last chunk
+    np.testing.assert_allclose(lp3, lp0, atol=1e-6)
+    np.testing.assert_allclose(e3, e0, atol=1e-5)
+    assert max_diff(g3, g0) < 1e-5 and max_diff(g0, jax.tree.map(jnp.zeros_like, g0)) > 0
+
+
+def test_reference_policy_is_kept_in_the_compute_dtype(params):
+    cfg = cfg_for(parallel="single", compute_dtype="bfloat16", kl_beta=0.01)
+    state = learner.init_state(params, cfg)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
+    assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(state.ref_params))
+    state, metrics = parallel.make_update(MC, cfg)(state, parallel.place_batch(make_batch(params), cfg))
+    assert np.isfinite(float(metrics["kl"])) and state.ref_params["embed"]["embedding"].dtype == jnp.bfloat16
+
+
 def test_bad_config_and_batch_raise_clear_errors(params):
     with pytest.raises(ValueError, match="parallel"):
         LearnerConfig(parallel="ddp")

@@ -1,5 +1,6 @@
 """Sampler tests on the tiny config: cached decode vs the no-cache forward, log-prob semantics, knobs,
 stop handling, mesh data parallelism and recompilation."""
+import dataclasses
 import types
 
 import chex
@@ -196,6 +197,28 @@ def test_mesh_sharded_equals_single_device(params):
         assert layer[name].sharding.is_equivalent_to(shard, 4), name
     assert len(state.tokens.addressable_shards) == 4
     assert state.tokens.addressable_shards[0].data.shape == (2, 16)
+
+
+def test_prefill_in_chunks_and_on_sharded_params_changes_nothing(params):
+    """prefill_chunks splits the prompt pass (less temporary memory), the params may arrive sharded over
+    the mesh (the FSDP learner's, read in place), and decode attention may be dots (the TPU form): the
+    same tokens and log-probs every way."""
+    mesh = jax.make_mesh((4,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    kwargs = dict(temperature=1.0, seed=3)
+    base = sampling.Sampler(CONFIG, num_samples=2, max_new_tokens=12, eos_ids=(EOS,), pad_id=PAD)(
+        params, PROMPTS, **kwargs)
+    sharded = jax.device_put(params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+    for chunks, mesh_, p, reduce in ((2, None, params, True), (2, mesh, sharded, True), (1, None, params, False)):
+        s = sampling.Sampler(CONFIG, num_samples=2, max_new_tokens=12, eos_ids=(EOS,), pad_id=PAD,
+                             mesh=mesh_, prefill_chunks=chunks)
+        assert s.spec.decode_reduce  # on CPU; the TPU form (dots in the compute dtype) must agree
+        s.spec = dataclasses.replace(s.spec, decode_reduce=reduce)
+        assert s._batch(PROMPTS)[0].shape[0] == (8 if mesh_ else 4)  # a multiple of shards x chunks
+        out = s(p, PROMPTS, **kwargs)
+        np.testing.assert_array_equal(out.tokens, base.tokens)
+        np.testing.assert_allclose(out.logprobs, base.logprobs, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="prefill_chunks"):
+        sampling.Sampler(CONFIG, num_samples=2, max_new_tokens=12, eos_ids=(EOS,), pad_id=PAD, prefill_chunks=0)
 
 
 def test_no_retrace_for_new_prompts_knobs_and_params(params, monkeypatch):

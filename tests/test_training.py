@@ -1,4 +1,5 @@
 """End-to-end training: every method on smoke settings, resume exactness, launcher errors."""
+import dataclasses
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import pytest
 
 from exit_jax.curriculum import buffer
 from exit_jax.curriculum.config import preset
+from exit_jax.rl import learner as learner_lib, parallel
 from exit_jax.rl.learner import LearnerConfig
 from exit_jax.training import domains, loop
 from exit_jax.training.checkpointing import CheckpointMismatchError
@@ -75,6 +77,30 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, math_domain):
     _run(tmp_path / "split", math_domain, "exit", iterations=4)  # resumes at iteration 2
     full, split = read_metrics(str(tmp_path / "full")), read_metrics(str(tmp_path / "split"))
     assert _stable(full) == _stable(split)
+
+
+def test_fsdp_run_samples_from_the_sharded_params_like_a_single_device_run(tmp_path, math_domain):
+    """parallel="fsdp" on the 4 fake devices, layers scanned: the sampler splits the prompts over the
+    learner's mesh and reads its sharded params in place; the run computes what one device computes."""
+    out = {}
+    for name, learner in (("single", SMOKE_LEARNER),
+                          ("fsdp", dataclasses.replace(SMOKE_LEARNER, parallel="fsdp", scan_layers=True))):
+        run = loop.RunConfig(workdir=str(tmp_path / name), num_iterations=2, prompts_per_iteration=2,
+                             group_size=4, progress=False)
+        loop.train(run, "smoke", math_domain, preset("math", "grpo"), learner, SMOKE_SAMPLING)
+        out[name] = read_metrics(str(tmp_path / name))
+    for a, b in zip(out["single"], out["fsdp"]):
+        assert a["rollout/completion_tokens"] == b["rollout/completion_tokens"]
+        assert a["reward/mean"] == b["reward/mean"]
+        np.testing.assert_allclose(a["learner/loss"], b["learner/loss"], rtol=1e-4, atol=1e-7)
+    # What the fsdp policy is given: the learner's sharded params cast in place, never a host copy.
+    cfg = dataclasses.replace(SMOKE_LEARNER, parallel="fsdp", scan_layers=True)
+    mesh = parallel.make_mesh()
+    state = parallel.place_state(learner_lib.init_state({"layers_0": {"w": np.ones((2, 8, 4), np.float32)}},
+                                                        cfg), cfg, mesh)
+    params = parallel.sampler_params(state.params, np.dtype("bfloat16"), mesh)
+    w = params["layers_0"]["w"]
+    assert w.dtype == np.dtype("bfloat16") and w.sharding.spec == parallel.P(None, learner_lib.AXIS)
 
 
 def test_sampled_token_budget_stops_the_run_and_survives_resume(tmp_path, math_domain):
@@ -251,3 +277,17 @@ def test_evaluation_seeds_follow_the_run_seed(tmp_path, math_domain):
 
     first, again, other = run(0), run(0), run(1)
     assert seen == [0, 0, loop.EVAL_SEED_STRIDE] and first == again and first != other
+
+
+def test_sampling_in_parts_draws_what_one_call_draws(tmp_path, math_domain):
+    """SamplingConfig.prompts_per_call bounds the decode's memory; row keys follow the prompt's index, so
+    the completions are those of one call over all prompts."""
+    lm = loop.load_model("smoke", math_domain, str(tmp_path))
+    chats = [math_domain.make_env(t).reset() for t in math_domain.train_tasks[:3]]
+    whole = loop.TextPolicy(lm, SMOKE_SAMPLING).sample(chats, num_samples=2, seed=7)
+    parts = loop.TextPolicy(lm, dataclasses.replace(SMOKE_SAMPLING, prompts_per_call=2)).sample(
+        chats, num_samples=2, seed=7)
+    assert [[c.token_ids for c in row] for row in parts] == [[c.token_ids for c in row] for row in whole]
+    assert len({c.token_ids for row in whole for c in row}) > 1
+    with pytest.raises(ValueError, match="prompts_per_call"):
+        SamplingConfig(prompts_per_call=-1)

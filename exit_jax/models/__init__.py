@@ -6,9 +6,9 @@
     models.save_hf(lm, out_dir)
 """
 from exit_jax.models.config import PRESETS, ModelConfig, RopeScaling, preset
-from exit_jax.models.lm import (LM, embedded_gguf_path, greedy_generate, load, save_hf,
+from exit_jax.models.lm import (LM, embedded_gguf_path, greedy_generate, load, load_config, save_hf,
                                 save_orbax)
 from exit_jax.models.tokenizer import Tokenizer
 
 __all__ = ["LM", "ModelConfig", "PRESETS", "RopeScaling", "Tokenizer", "embedded_gguf_path",
-           "greedy_generate", "load", "preset", "save_hf", "save_orbax"]
+           "greedy_generate", "load", "load_config", "preset", "save_hf", "save_orbax"]

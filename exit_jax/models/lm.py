@@ -167,6 +167,26 @@ def load(source: str, dtype="float32") -> LM:
                             "directory or .gguf file, or a hub id 'org/name'.")
 
 
+def load_config(source: str) -> ModelConfig:
+    """The ModelConfig of a source `load` accepts, without reading weights (for ahead-of-time compiles).
+
+    A hub id resolves to the preset of the same name (e.g. Qwen/Qwen2.5-7B-Instruct ->
+    qwen2.5-7b-instruct); a local HF or orbax directory is read from its config file."""
+    source = os.fspath(source)
+    name = source.rsplit("/", 1)[-1].lower()
+    if source == "smoke":
+        return dataclasses.replace(PRESETS["tiny"], name="smoke")
+    if source in PRESETS or (not os.path.exists(source) and name in PRESETS):
+        return PRESETS[source if source in PRESETS else name]
+    if os.path.isdir(source):
+        if orbax_io.is_orbax_dir(source):
+            with open(os.path.join(source, orbax_io.MARKER)) as f:
+                return orbax_io.config_from_dict(json.load(f)["config"], source)
+        return hf.config_from_hf(hf.read_config(source), os.path.join(source, "config.json"))
+    raise ValueError(f"Model source {source!r}: no preset of that name ({', '.join(sorted(PRESETS))}) and "
+                     "no local HF or orbax directory; pass a directory holding its config.json.")
+
+
 def save_hf(lm: LM, out_dir: str) -> None:
     """Write an HF directory (config, safetensors, tokenizer, generation config) for transformers/vLLM."""
     os.makedirs(out_dir, exist_ok=True)

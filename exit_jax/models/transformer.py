@@ -83,6 +83,7 @@ class Attention(nn.Module):
     config: ModelConfig
     dtype: Any
     param_dtype: Any
+    decode_reduce: bool = True  # see Transformer.decode_reduce
 
     @nn.compact
     def __call__(self, x, positions, mask, cache: Optional[Cache], cache_index):
@@ -109,7 +110,7 @@ class Attention(nn.Module):
             k_all = jax.lax.dynamic_update_slice(cache["k"], k.astype(dtype), start)
             v_all = jax.lax.dynamic_update_slice(cache["v"], v.astype(dtype), start)
             new_cache = dict(cache, k=k_all, v=v_all)
-        if t == 1:
+        if t == 1 and self.decode_reduce:
             # One-token decode: multiply-and-reduce fusions that stream the cache once, instead of
             # B * Hkv tiny batched matmuls (small-matmul dispatch dominated them on CPU).
             qf = q[:, 0].astype(jnp.float32)  # [B, Hkv, G, D]
@@ -119,7 +120,7 @@ class Attention(nn.Module):
                              preferred_element_type=jnp.float32)  # [B, Hkv, G, T, S]
         if cache is None or "prefix_k" not in cache:
             probs = _masked_softmax(own, mask)
-            out = _weighted_values(probs, v_all, self.dtype)
+            out = _weighted_values(probs, v_all, self.dtype, self.decode_reduce)
         else:
             # Rows b = p * R + r share prompt p's keys and values (R = B / P samples of one prompt):
             # the prompt's cache is stored and read once per prompt, not once per sample.
@@ -132,7 +133,7 @@ class Attention(nn.Module):
             probs = _masked_softmax(jnp.concatenate([shared, own], -1), mask)
             pp = probs[..., :width].astype(self.dtype).reshape((num_p, b // num_p) + probs.shape[1:4] + (width,))
             out = (jnp.einsum("prkgts,pksd->prtkgd", pp, pv.astype(self.dtype)).reshape(q.shape)
-                   + _weighted_values(probs[..., width:], v_all, self.dtype))
+                   + _weighted_values(probs[..., width:], v_all, self.dtype, self.decode_reduce))
         out = out.reshape(b, t, c.num_heads * c.head_dim)
         return dense(c.hidden_size, use_bias=False, name="o")(out), new_cache
 
@@ -142,9 +143,9 @@ def _masked_softmax(scores, mask):
     return jax.nn.softmax(jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min), axis=-1)
 
 
-def _weighted_values(probs, values, dtype):
+def _weighted_values(probs, values, dtype, reduce: bool = True):
     """probs [B, Hkv, G, T, S] x values [B, Hkv, S, D] -> [B, T, Hkv, G, D] in dtype."""
-    if probs.shape[3] == 1:  # one query: a multiply-and-reduce over the slots (see Attention)
+    if probs.shape[3] == 1 and reduce:  # one query: a multiply-and-reduce over the slots (see Attention)
         out = jnp.sum(probs[:, :, :, 0, :, None] * values.astype(jnp.float32)[:, :, None], axis=3)
         return out[:, None].astype(dtype)
     return jnp.einsum("bkgts,bksd->btkgd", probs.astype(dtype), values.astype(dtype))
@@ -170,12 +171,13 @@ class Block(nn.Module):
     config: ModelConfig
     dtype: Any
     param_dtype: Any
+    decode_reduce: bool = True
 
     @nn.compact
     def __call__(self, x, positions, mask, cache, cache_index):
         c = self.config
         norm = functools.partial(RMSNorm, c.rms_norm_eps, c.norm_offset, self.dtype, self.param_dtype)
-        h, cache = Attention(c, self.dtype, self.param_dtype, name="attn")(
+        h, cache = Attention(c, self.dtype, self.param_dtype, self.decode_reduce, name="attn")(
             norm(name="attn_norm")(x), positions, mask, cache, cache_index)
         x = x + h
         x = x + MLP(c, self.dtype, self.param_dtype, name="mlp")(norm(name="mlp_norm")(x))
@@ -189,6 +191,14 @@ class Transformer(nn.Module):
     param_dtype: Any = jnp.float32
     remat: bool = False  # recompute each block in the backward pass (long sequences)
     head: bool = True  # False: skip the vocabulary projection (logits None); see `project`
+    # Params under "layers" stacked [num_layers, ...] and one Block under lax.scan: the HLO, compile
+    # time and compiler memory stop growing with depth (28 unrolled 7B layers did not compile for a
+    # TPU in 15 minutes). No-cache forward only; convert with stack_layers / unstack_layers.
+    scan_layers: bool = False
+    # One-token decode attention as float32 multiply-and-reduce (fastest on CPU) or as dots in the
+    # compute dtype (TPU: the reduce form moved ~15x the KV cache's bytes per step in the compiler's
+    # cost analysis). The sampler picks by the platform it runs on.
+    decode_reduce: bool = True
 
     @nn.compact
     def __call__(self, tokens, positions, mask, cache: Optional[Cache] = None, cache_index=0):
@@ -200,9 +210,15 @@ class Transformer(nn.Module):
             x = x * jnp.asarray(c.hidden_size ** 0.5, self.dtype)
         block_cls = nn.remat(Block, prevent_cse=False) if self.remat else Block
         new_cache = {} if cache is not None else None
-        for i in range(c.num_layers):
+        if self.scan_layers:
+            if cache is not None:
+                raise ValueError("Transformer(scan_layers=True) runs the no-cache forward only.")
+            layers = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
+                             in_axes=(nn.broadcast,) * 4, length=c.num_layers)
+            x, _ = layers(c, self.dtype, self.param_dtype, name="layers")(x, positions, mask, None, 0)
+        for i in range(0 if self.scan_layers else c.num_layers):
             name = f"layers_{i}"
-            x, layer_cache = block_cls(c, self.dtype, self.param_dtype, name=name)(
+            x, layer_cache = block_cls(c, self.dtype, self.param_dtype, self.decode_reduce, name=name)(
                 x, positions, mask, None if cache is None else cache[name], cache_index)
             if cache is not None:
                 new_cache[name] = layer_cache
@@ -246,16 +262,35 @@ def init_params(config: ModelConfig, seed: int = 0, param_dtype=jnp.float32):
     return variables["params"]
 
 
+def stack_layers(params):
+    """The per-layer tree (layers_{i}/...) -> the scanned one (layers/... with a leading [num_layers])."""
+    num_layers = sum(k.startswith("layers_") for k in params)
+    layers = [params[f"layers_{i}"] for i in range(num_layers)]
+    stack = lambda *xs: np.stack(xs) if isinstance(xs[0], np.ndarray) else jnp.stack(xs)  # noqa: E731
+    rest = {k: v for k, v in params.items() if not k.startswith("layers_")}
+    return rest | {"layers": jax.tree.map(stack, *layers)}
+
+
+def unstack_layers(params):
+    """Inverse of stack_layers; a tree without "layers" is returned as it is."""
+    if "layers" not in params:
+        return params
+    num_layers = jax.tree.leaves(params["layers"])[0].shape[0]
+    rest = {k: v for k, v in params.items() if k != "layers"}
+    return rest | {f"layers_{i}": jax.tree.map(lambda x: x[i], params["layers"]) for i in range(num_layers)}
+
+
 def forward(params, config: ModelConfig, tokens, input_mask=None, dtype=jnp.float32, remat=False,
             return_hidden=False, head=True):
     """No-cache forward pass. tokens int32 [B, T]; input_mask bool [B, T] (default: all valid).
 
     head=False returns only the final (normed) hidden states [B, T, D], for callers that need logits
-    at a few positions: `project` them there instead of paying for all T x V.
+    at a few positions: `project` them there instead of paying for all T x V. Params in the scanned
+    layout (see stack_layers) run the layers under scan.
     """
     if input_mask is None:
         input_mask = jnp.ones(tokens.shape, bool)
-    model = Transformer(config, dtype=dtype, remat=remat, head=head)
+    model = Transformer(config, dtype=dtype, remat=remat, head=head, scan_layers="layers" in params)
     logits, _, hidden = model.apply({"params": params}, tokens, positions_from_mask(input_mask),
                                     causal_mask(input_mask))
     if not head:

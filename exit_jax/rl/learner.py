@@ -73,6 +73,12 @@ class LearnerConfig:
     # much smaller than 2^-8 of a weight (lr 1e-6 is) rounds away: keep float32 master params then.
     param_dtype: str = "float32"
     remat: bool = False  # recompute each layer in the backward pass
+    # The state holds the layers stacked and the forward scans them (transformer.stack_layers): compile
+    # time and HLO size independent of depth. Off on CPU, where the scanned update ran 15% slower.
+    scan_layers: bool = False
+    # Completion tokens whose vocabulary logits exist at once (recomputed in the backward pass): the
+    # float32 [rows, W, vocab] logits of a 152k-vocab model are 2.5 GB per 4 x 1,024 rows. 0: all W.
+    vocab_chunk: int = 512
     compute_entropy: bool = True  # an extra pass over the logits, for the entropy metric only
     # With kl_beta == 0 a row whose advantage is 0 (every row of a constant-reward group, and padding
     # rows) contributes exactly nothing to the loss or the gradient: gather the other rows into the
@@ -94,8 +100,8 @@ class LearnerConfig:
         for name in ("epochs", "ref_update_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"LearnerConfig.{name} must be >= 1; got {getattr(self, name)}.")
-        if self.micro_batch_size < 0 or self.warmup_steps < 0:
-            raise ValueError("LearnerConfig.micro_batch_size and warmup_steps must be >= 0.")
+        if self.micro_batch_size < 0 or self.warmup_steps < 0 or self.vocab_chunk < 0:
+            raise ValueError("LearnerConfig.micro_batch_size, warmup_steps and vocab_chunk must be >= 0.")
         if not 0.0 <= self.ref_alpha <= 1.0:
             raise ValueError(f"LearnerConfig.ref_alpha must lie in [0, 1]; got {self.ref_alpha}.")
         if self.temperature <= 0:
@@ -121,10 +127,18 @@ def make_optimizer(cfg: LearnerConfig) -> optax.GradientTransformation:
 
 
 def init_state(params, cfg: LearnerConfig) -> TrainState:
-    """Fresh state; params are copied (the update donates its state) and cast to cfg.param_dtype."""
-    dtype = DTYPES[cfg.param_dtype]
-    params = jax.tree.map(lambda x: jnp.array(x, dtype=dtype), params)
-    ref = jax.tree.map(jnp.copy, params) if cfg.kl_beta > 0 else None  # starts at the initial θ
+    """Fresh state; params are copied (the update donates its state) and cast to cfg.param_dtype.
+
+    With cfg.scan_layers the per-layer params are stacked (transformer.stack_layers). The reference
+    policy is only ever run forward, so it is kept in the compute dtype (bfloat16 halves it).
+    Traceable: `jax.jit(init_state, static_argnums=1, out_shardings=...)` builds it sharded.
+    """
+    if cfg.scan_layers:
+        params = transformer.stack_layers(params)
+    params = jax.tree.map(lambda x: jnp.array(x, dtype=DTYPES[cfg.param_dtype]), params)
+    ref = None  # starts at the initial θ
+    if cfg.kl_beta > 0:
+        ref = jax.tree.map(lambda x: jnp.array(x, dtype=DTYPES[cfg.compute_dtype]), params)
     zero = jnp.zeros((), jnp.int32)
     state = TrainState(zero, params, make_optimizer(cfg).init(params), ref, zero)
     # Every leaf its own buffer: a donated argument may not alias itself (e.g. step and skipped).
@@ -133,14 +147,16 @@ def init_state(params, cfg: LearnerConfig) -> TrainState:
 
 def token_logprobs(params, model_config: ModelConfig, tokens, input_mask, temperature: float = 1.0,
                    dtype=jnp.float32, remat: bool = False, with_entropy: bool = False,
-                   width: Optional[int] = None):
+                   width: Optional[int] = None, vocab_chunk: int = 0):
     """log softmax(logits / temperature) of each token given its prefix, as the sampler computes it.
 
     tokens int32 [B, L], input_mask bool [B, L] -> logp f32 [B, W] for the last W = `width` columns
     (default L; column 0 is then 0: nothing predicts it), and with_entropy: the entropy [B, W] of the
     distribution each token was drawn from (no gradient). The vocabulary projection runs only where a
     scored token is predicted: with the completion as the last W of L columns this skips the prompt's
-    share of the head, the largest single matmul of a small model (49k x 576 for SmolLM2).
+    share of the head, the largest single matmul of a small model (49k x 576 for SmolLM2). vocab_chunk
+    > 0 projects that many columns at a time and recomputes them in the backward pass, so the [B, W, V]
+    logits never exist at once (same numbers).
     """
     length = tokens.shape[1]
     width = length if width is None else width
@@ -149,18 +165,33 @@ def token_logprobs(params, model_config: ModelConfig, tokens, input_mask, temper
     hidden = transformer.forward(params, model_config, tokens, input_mask, dtype=dtype, remat=remat,
                                  head=False)
     start = max(length - width, 1)  # first scored column; column 0 has no predictor
-    logits = transformer.project(params, model_config, hidden[:, start - 1:length - 1], dtype)
-    if temperature != 1.0:  # a Python float: skipping the no-op saves one [B, W, V] buffer
-        logits = logits / temperature
-    lse = jax.nn.logsumexp(logits, axis=-1)
-    picked = jnp.take_along_axis(logits, tokens[:, start:, None], axis=-1)[..., 0]
+    hidden, targets = hidden[:, start - 1:length - 1], tokens[:, start:]
+
+    def head(h, t):  # [B, C, D], [B, C] -> log-prob and entropy [B, C]
+        logits = transformer.project(params, model_config, h, dtype)
+        if temperature != 1.0:  # a Python float: skipping the no-op saves one [B, C, V] buffer
+            logits = logits / temperature
+        lse = jax.nn.logsumexp(logits, axis=-1)
+        logp = jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0] - lse
+        if not with_entropy:
+            return logp, jnp.zeros_like(logp)
+        sg = jax.lax.stop_gradient
+        probs = jnp.exp(sg(logits) - sg(lse)[..., None])
+        return logp, sg(lse) - jnp.sum(probs * sg(logits), axis=-1)
+
+    n = targets.shape[1]
+    if 0 < vocab_chunk < n:  # chunks of columns under scan; each chunk's logits rebuilt for its gradient
+        chunks = -(-n // vocab_chunk)
+        extra = chunks * vocab_chunk - n
+        split = lambda x: jnp.moveaxis(  # noqa: E731
+            jnp.pad(x, [(0, 0), (0, extra)] + [(0, 0)] * (x.ndim - 2)).reshape(
+                (x.shape[0], chunks, vocab_chunk) + x.shape[2:]), 1, 0)
+        logp, entropy = jax.lax.map(lambda ht: jax.checkpoint(head)(*ht), (split(hidden), split(targets)))
+        logp, entropy = (jnp.moveaxis(x, 0, 1).reshape(x.shape[1], -1)[:, :n] for x in (logp, entropy))
+    else:
+        logp, entropy = head(hidden, targets)
     pad = lambda x: jnp.pad(x, ((0, 0), (width - x.shape[1], 0)))  # the unpredicted column 0
-    logp = pad(picked - lse)
-    if not with_entropy:
-        return logp, None
-    sg = jax.lax.stop_gradient
-    probs = jnp.exp(sg(logits) - sg(lse)[..., None])
-    return logp, pad(sg(lse) - jnp.sum(probs * sg(logits), axis=-1))
+    return pad(logp), (pad(entropy) if with_entropy else None)
 
 
 def _psum(x, axis_name):
@@ -208,7 +239,7 @@ def _gradients(params, ref_params, batch, model_config, cfg, axis_name, num_shar
     # completion_mask / old_logprobs may cover only the last W columns of tokens (see module doc).
     fwd = functools.partial(token_logprobs, model_config=model_config, temperature=cfg.temperature,
                             dtype=DTYPES[cfg.compute_dtype], remat=cfg.remat,
-                            width=batch["completion_mask"].shape[1])
+                            width=batch["completion_mask"].shape[1], vocab_chunk=cfg.vocab_chunk)
 
     def loss_fn(p, mb):
         logp, entropy = fwd(p, tokens=mb["tokens"], input_mask=mb["input_mask"],

@@ -11,9 +11,10 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from exit_jax.models import transformer
 from exit_jax.models.config import ModelConfig
 from exit_jax.rl.learner import (AXIS, OPTIONAL_KEYS, REQUIRED_KEYS, Batch, LearnerConfig, TrainState,
-                                 update_step)
+                                 init_state, update_step)
 
 
 def make_mesh() -> jax.sharding.Mesh:
@@ -59,6 +60,16 @@ def make_update(model_config: ModelConfig, cfg: LearnerConfig,
         state, metrics = update_step(state, batch, model_config, cfg, num_shards=mesh.size, mesh=mesh)
         return jax.lax.with_sharding_constraint(state, state_shardings(state, mesh)), metrics
     return jax.jit(fsdp, donate_argnums=0)
+
+
+def init_sharded(params, cfg: LearnerConfig, mesh) -> TrainState:
+    """learner.init_state built straight into its FSDP shards: each device receives its slice of the
+    params and computes its slice of the state; the whole state never exists on one device (a 7B model's
+    float32 params and Adam moments are 91 GB). One process; the params may be host arrays."""
+    shapes = jax.eval_shape(lambda p: init_state(p, cfg), params)
+    fn = jax.jit(init_state, static_argnums=1, in_shardings=(state_shardings(params, mesh),),
+                 out_shardings=state_shardings(shapes, mesh))
+    return fn(params, cfg)
 
 
 def place_state(state: TrainState, cfg: LearnerConfig, mesh=None) -> TrainState:
@@ -108,13 +119,22 @@ def place_batch(batch: Batch, cfg: LearnerConfig, mesh=None) -> Batch:
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def sampler_params(params, dtype, mesh):
+    """The FSDP learner's params as the sampler reads them, without leaving the devices: per-layer
+    layout, in the model's dtype, sharded like the learner's (XLA gathers each weight where it is used)."""
+    out = jax.tree.map(lambda x: x.astype(dtype), transformer.unstack_layers(params))
+    return jax.lax.with_sharding_constraint(out, state_shardings(out, mesh))
+
+
 def host_params(state: TrainState, cfg: LearnerConfig):
-    """The current params as host numpy arrays, whatever the parallel mode (gathers across hosts)."""
+    """The current params as host numpy arrays in the per-layer layout, whatever the parallel mode and
+    layer layout (gathers across hosts)."""
     params = state.params
     if cfg.parallel == "pmap":
         params = jax.tree.map(lambda x: x[0], params)
     leaves = jax.tree.leaves(params)
     if leaves and not all(x.is_fully_addressable for x in leaves if isinstance(x, jax.Array)):
         from jax.experimental import multihost_utils
-        return multihost_utils.process_allgather(params, tiled=True)
-    return jax.tree.map(np.asarray, params)
+        params = multihost_utils.process_allgather(params, tiled=True)
+    return transformer.unstack_layers(jax.tree.map(np.asarray, params))

@@ -43,6 +43,8 @@ class SamplerSpec:
     dtype: Any = jnp.float32  # compute dtype; the KV cache is stored in it
     mesh: Optional[Mesh] = None
     data_axis: Optional[str] = None  # mesh axis the prompt batch is split over
+    prefill_chunks: int = 1  # prompts prefilled in this many passes (long prompts: less temporary memory)
+    decode_reduce: bool = True  # Transformer.decode_reduce: True on CPU
 
 
 @flax.struct.dataclass
@@ -76,11 +78,10 @@ def _is_stop(spec: SamplerSpec, tokens):
     return jnp.any(tokens[:, None] == jnp.asarray(spec.stop_ids, jnp.int32)[None], axis=-1)
 
 
-def _prefill_impl(spec: SamplerSpec, params, tokens, prompt_mask, prompt_index, seed, knobs: Knobs):
-    """tokens/prompt_mask [P, L] (left-padded), prompt_index int32 [P], seed uint32 [] -> state."""
+def _prompt_pass(spec: SamplerSpec, params, tokens, prompt_mask):
+    """Prompts [P, L] -> float32 logits of their last token [P, 1, V] and the KV cache of their slots."""
     num_p, length = tokens.shape
-    g, n = spec.num_samples, spec.max_new_tokens
-    model = Transformer(spec.config, dtype=spec.dtype)
+    model = Transformer(spec.config, dtype=spec.dtype, decode_reduce=spec.decode_reduce)
     apply = lambda *a: model.apply({"params": params}, *a)  # noqa: E731
     positions = positions_from_mask(prompt_mask)  # [P, L]
     cache = init_cache(spec.config, num_p, length, spec.dtype)  # the prompt's slots only
@@ -91,6 +92,22 @@ def _prefill_impl(spec: SamplerSpec, params, tokens, prompt_mask, prompt_index, 
                             cache, 0)
     logits, cache, _ = apply(tokens[:, -1:], positions[:, -1:], prompt_mask[:, None], cache,
                              length - 1)
+    return logits, cache
+
+
+def _prefill_impl(spec: SamplerSpec, params, tokens, prompt_mask, prompt_index, seed, knobs: Knobs):
+    """tokens/prompt_mask [P, L] (left-padded), prompt_index int32 [P], seed uint32 [] -> state."""
+    num_p, length = tokens.shape
+    g, n, chunks = spec.num_samples, spec.max_new_tokens, spec.prefill_chunks
+    if chunks > 1:
+        # One pass per chunk of prompts, each chunk taking every chunks-th prompt so that it spans all
+        # devices of the data axis: the attention temporaries shrink by `chunks`, the results do not move.
+        split = lambda x: jnp.swapaxes(x.reshape((num_p // chunks, chunks) + x.shape[1:]), 0, 1)  # noqa: E731
+        merge = lambda x: jnp.swapaxes(x, 0, 1).reshape((num_p,) + x.shape[2:])  # noqa: E731
+        logits, cache = jax.tree.map(merge, jax.lax.map(
+            lambda tm: _prompt_pass(spec, params, *tm), (split(tokens), split(prompt_mask))))
+    else:
+        logits, cache = _prompt_pass(spec, params, tokens, prompt_mask)
     # Fan out to G samples per prompt only now: the prompt was run once, and its cache stays shared.
     fan = lambda x: jnp.broadcast_to(x[:, None], (num_p, g) + x.shape[1:]).reshape(  # noqa: E731
         (num_p * g,) + x.shape[1:])
@@ -119,7 +136,7 @@ def _prefill_impl(spec: SamplerSpec, params, tokens, prompt_mask, prompt_index, 
 
 def _decode_impl(spec: SamplerSpec, params, state: SamplingState) -> SamplingState:
     """Emit completion tokens 1..N-1 until every row is done."""
-    model = Transformer(spec.config, dtype=spec.dtype)
+    model = Transformer(spec.config, dtype=spec.dtype, decode_reduce=spec.decode_reduce)
     length = state.prompt_mask.shape[1]
     slots = jnp.arange(length + spec.max_new_tokens)  # [S]
     kv_prompt = jnp.pad(state.prompt_mask, ((0, 0), (0, spec.max_new_tokens)))  # [B, S]
@@ -163,24 +180,25 @@ class Sampler:
     """Reusable jitted sampler; build once, call every iteration with fresh params and prompts.
 
     Prompt lengths are padded to `prompt_bucket`s (>= min_bucket); the number of prompts P is
-    padded to a multiple of the mesh's data axis. A new (P, bucket) pair compiles once; knobs,
+    padded to a multiple of the mesh's data axis times prefill_chunks. A new (P, bucket) pair compiles once; knobs,
     prompts of the same bucket and new params do not recompile.
     """
 
     def __init__(self, config: ModelConfig, *, num_samples: int, max_new_tokens: int,
                  eos_ids: Sequence[int], pad_id: int, stop_ids: Sequence[int] = (),
                  dtype: Any = jnp.float32, mesh: Optional[Mesh] = None,
-                 data_axis: Optional[str] = None, min_bucket: int = 32):
-        if num_samples < 1 or max_new_tokens < 1:
-            raise ValueError(f"num_samples and max_new_tokens must be >= 1, got {num_samples} and "
-                             f"{max_new_tokens}.")
+                 data_axis: Optional[str] = None, min_bucket: int = 32, prefill_chunks: int = 1):
+        if num_samples < 1 or max_new_tokens < 1 or prefill_chunks < 1:
+            raise ValueError(f"num_samples, max_new_tokens and prefill_chunks must be >= 1, got "
+                             f"{num_samples}, {max_new_tokens} and {prefill_chunks}.")
         if mesh is not None and data_axis is None:
             data_axis = mesh.axis_names[0]
         if mesh is not None and data_axis not in mesh.axis_names:
             raise ValueError(f"data_axis {data_axis!r} is not an axis of the mesh {mesh.axis_names}.")
         stops = tuple(dict.fromkeys(int(i) for i in (*eos_ids, *stop_ids)))
+        platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
         self.spec = SamplerSpec(config, int(num_samples), int(max_new_tokens), stops, int(pad_id),
-                                jnp.dtype(dtype), mesh, data_axis)
+                                jnp.dtype(dtype), mesh, data_axis, int(prefill_chunks), platform == "cpu")
         self.min_bucket = int(min_bucket)
         # Built per instance from the module-level functions; jax shares traces between instances.
         self._prefill = jax.jit(_prefill_impl, static_argnums=0)
@@ -206,6 +224,7 @@ class Sampler:
                              f"exceeds the model's max_position_embeddings {limit}.")
         length = prompt_bucket(longest, self.min_bucket)
         shards = 1 if self.spec.mesh is None else self.spec.mesh.shape[self.spec.data_axis]
+        shards *= self.spec.prefill_chunks  # every prefill chunk spans the data axis evenly
         num_p = -(-len(rows) // shards) * shards
         tokens = np.full((num_p, length), self.spec.pad_id, np.int32)
         mask = np.zeros((num_p, length), bool)
@@ -216,16 +235,21 @@ class Sampler:
 
     def __call__(self, params, prompts: Sequence[Sequence[int]], *, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, max_new_tokens: Optional[int] = None,
-                 seed: int = 0) -> SampleOutput:
+                 seed: int = 0, first_index: int = 0) -> SampleOutput:
+        """first_index: the index of prompts[0] in a larger batch sampled in parts (row keys depend on
+        the seed and the prompt's index, so the parts draw what the whole batch would)."""
         spec = self.spec
         n = spec.max_new_tokens if max_new_tokens is None else max_new_tokens
         knobs = make_knobs(temperature, top_k, top_p, n, cap=spec.max_new_tokens)
         tokens, mask, rows = self._batch(prompts)
-        index = np.arange(tokens.shape[0], dtype=np.int32)
+        index = np.arange(first_index, first_index + tokens.shape[0], dtype=np.int32)
         seed = jnp.asarray(np.uint32(int(seed) % (1 << 32)))
         batch = (tokens, mask, index)
         if spec.mesh is not None:
-            params = jax.device_put(params, NamedSharding(spec.mesh, PartitionSpec()))
+            on_mesh = all(isinstance(x, jax.Array) and getattr(x.sharding, "mesh", None) == spec.mesh
+                          for x in jax.tree.leaves(params))
+            if not on_mesh:  # host params: one replica per device (sharded ones are read in place)
+                params = jax.device_put(params, NamedSharding(spec.mesh, PartitionSpec()))
             batch = jax.device_put(batch, NamedSharding(spec.mesh, PartitionSpec(spec.data_axis)))
         state = self._prefill(spec, params, *batch, seed, knobs)
         state = self._decode(spec, params, state)

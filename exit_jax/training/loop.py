@@ -14,6 +14,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import signal
@@ -22,9 +23,11 @@ import time
 from typing import Any, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from exit_jax import models
+from exit_jax.models import transformer
 from exit_jax.curriculum import buffer, diversity, embedders, episodes as episodes_lib, stats
 from exit_jax.curriculum.config import CurriculumConfig
 from exit_jax.rl import grpo, learner as learner_lib, parallel
@@ -149,17 +152,27 @@ def train(run: RunConfig, model: Any, domain: Domain, curriculum: CurriculumConf
                      sampling=sampling, seed=run.seed, group_size=run.group_size,
                      prompts_per_iteration=run.prompts_per_iteration)
     mesh = parallel.make_mesh() if learner.parallel == "fsdp" else None
-    state = learner_lib.init_state(lm.params, learner)
+    # One process, FSDP: the state is built in its shards and restored into them, and the sampler splits
+    # the prompts over the same mesh, reading the sharded params in place. Otherwise the state is built
+    # here and placed below, and the sampler reads a host copy on each process's devices.
+    sharded = mesh is not None and jax.process_count() == 1
+    if sharded:
+        state = parallel.init_sharded(lm.params, learner, mesh)
+    else:
+        state = learner_lib.init_state(lm.params, learner)
     ckpt = Checkpointer(os.path.join(run.workdir, "checkpoints"), run.keep_checkpoints)
     host = HostState(0, buffer.init(curriculum.capacity), np.random.default_rng(run.seed), frozenset())
     if ckpt.latest_step() is not None:
         state, host_json = ckpt.restore(ckpt.latest_step(), state, fp)
         host = HostState.from_json(host_json)
         log.info("resumed from iteration %d in %s", host.iteration, run.workdir)
-    state = parallel.place_state(state, learner, mesh)
+    if not sharded:
+        state = parallel.place_state(state, learner, mesh)
     update = parallel.make_update(lm.config, learner, mesh)
-    policy = TextPolicy(lm, sampling, stop_strings=domain.stop_strings)
-    policy.params = _sampling_params(state, learner)
+    sample_mesh = mesh if sharded else None
+    policy = TextPolicy(lm, sampling, stop_strings=domain.stop_strings, mesh=sample_mesh)
+    sampling_params = functools.partial(_sampling_params, learner=learner, dtype=lm.dtype, mesh=sample_mesh)
+    policy.params = sampling_params(state)
     embedder = None
     if curriculum.diversity_bonus:
         embedder = (embedders.PolicyHidden(policy) if run.embedder == "policy_hidden"
@@ -185,7 +198,7 @@ def train(run: RunConfig, model: Any, domain: Domain, curriculum: CurriculumConf
             batch = batch_lib.pack(segments, adv, mult, sampling.max_new_tokens,
                                    lm.tokenizer.pad_id, row_multiple, sampling.min_bucket)
             state, learn = update(state, parallel.place_batch(batch, learner, mesh))
-            policy.params = _sampling_params(state, learner)
+            policy.params = sampling_params(state)
             learn = {f"learner/{k}": float(v) for k, v in jax.device_get(learn).items()}
             t3 = time.perf_counter()
             buf, scores = episodes_lib.update(buf, episodes, groups, curriculum, it)
@@ -294,10 +307,13 @@ def _budget_spent(run: RunConfig, host: HostState) -> bool:
     return 0 < run.sampled_token_budget <= host.sampled_tokens
 
 
-def _sampling_params(state, learner: learner_lib.LearnerConfig):
-    """The params the sampler uses: one replicated copy, in the model's dtype."""
+def _sampling_params(state, learner: learner_lib.LearnerConfig, dtype, mesh):
+    """The params the sampler uses, in the per-layer layout: the learner's own (single device), its
+    sharded ones cast to the model's dtype (fsdp: they never leave the devices), or a host copy (pmap)."""
     if learner.parallel == "single":
-        return state.params
+        return transformer.unstack_layers(state.params)
+    if learner.parallel == "fsdp" and mesh is not None:
+        return parallel.sampler_params(state.params, jnp.dtype(dtype), mesh)
     return parallel.host_params(state, learner)
 
 

@@ -31,10 +31,18 @@ class SamplingConfig:
     top_k: int = 0
     top_p: float = 1.0
     min_bucket: int = 64  # smallest prompt-length bucket (sampling.prompt_bucket: 64, 96, 128, 192...)
+    # Prefill the prompts in this many passes: the attention temporaries of long prompts shrink by it
+    # (launch/compile.py shows where it is needed; docs/tpu.md). P is padded to a multiple of it.
+    prefill_chunks: int = 1
+    # Prompts per sampler call (0: all P at once): the decode's KV cache and state shrink to this many
+    # groups, at some throughput; the draws do not change (row keys follow the prompt's index).
+    prompts_per_call: int = 0
 
     def __post_init__(self):
-        if self.max_new_tokens < 1 or self.max_prompt_tokens < 1:
-            raise ValueError("SamplingConfig.max_new_tokens and max_prompt_tokens must be >= 1.")
+        if self.max_new_tokens < 1 or self.max_prompt_tokens < 1 or self.prefill_chunks < 1:
+            raise ValueError("SamplingConfig.max_new_tokens, max_prompt_tokens and prefill_chunks must be >= 1.")
+        if self.prompts_per_call < 0:
+            raise ValueError(f"SamplingConfig.prompts_per_call must be >= 0 (0: all), got {self.prompts_per_call}.")
         if self.temperature < 0:
             raise ValueError(f"SamplingConfig.temperature must be >= 0, got {self.temperature}.")
 
@@ -42,11 +50,12 @@ class SamplingConfig:
 class TextPolicy:
     """Samples replies to chat conversations with the current params (set `params` before sampling)."""
 
-    def __init__(self, lm, config: SamplingConfig, stop_strings: Sequence[str] = ()):
+    def __init__(self, lm, config: SamplingConfig, stop_strings: Sequence[str] = (), mesh=None):
         self.lm = lm
         self.config = config
         self.params = lm.params
         self.stop_strings = tuple(stop_strings)
+        self.mesh = mesh  # prompts split over its first axis; params may be sharded over it
         self._samplers: dict = {}
         self.calls = 0  # sampler invocations, folded into each call's seed
 
@@ -55,8 +64,8 @@ class TextPolicy:
             tok = self.lm.tokenizer
             self._samplers[num_samples] = Sampler(
                 self.lm.config, num_samples=num_samples, max_new_tokens=self.config.max_new_tokens,
-                eos_ids=tok.eos_ids, pad_id=tok.pad_id, dtype=self.lm.dtype,
-                min_bucket=self.config.min_bucket)
+                eos_ids=tok.eos_ids, pad_id=tok.pad_id, dtype=self.lm.dtype, mesh=self.mesh,
+                min_bucket=self.config.min_bucket, prefill_chunks=self.config.prefill_chunks)
         return self._samplers[num_samples]
 
     def encode(self, messages: Sequence[dict]) -> tuple[list, bool]:
@@ -73,13 +82,22 @@ class TextPolicy:
             return []
         cfg = self.config
         encoded = [self.encode(c) for c in conversations]
-        out = self._sampler(num_samples)(
-            self.params, [ids for ids, _ in encoded],
-            temperature=cfg.temperature if temperature is None else temperature,
-            top_k=cfg.top_k, top_p=cfg.top_p, seed=seed)
-        if self.stop_strings:
-            out = out.truncate_at_stop_strings(self.stop_strings, self.lm.tokenizer.decode)
+        step = cfg.prompts_per_call or len(encoded)
+        result = []
+        for start in range(0, len(encoded), step):
+            part = encoded[start:start + step]
+            out = self._sampler(num_samples)(
+                self.params, [ids for ids, _ in part],
+                temperature=cfg.temperature if temperature is None else temperature,
+                top_k=cfg.top_k, top_p=cfg.top_p, seed=seed, first_index=start)
+            if self.stop_strings:
+                out = out.truncate_at_stop_strings(self.stop_strings, self.lm.tokenizer.decode)
+            result += self._completions(out, part, num_samples)
         self.calls += 1
+        return result
+
+    def _completions(self, out, encoded, num_samples: int) -> list:
+        """[len(encoded)][num_samples] Completions from one sampler call's output."""
         decode = self.lm.tokenizer.decode
         eos = set(self.lm.tokenizer.eos_ids)
         result = []
