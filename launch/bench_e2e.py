@@ -191,9 +191,7 @@ def bench_tunix(a, lm, hf_dir, domain):
 def update_flops(lm, rows, prompt_tokens, completion_tokens) -> float:
     """Model FLOPs of one update over the real (unpadded) tokens: 6 per parameter per token through the
     decoder, and through the vocabulary head for the scored (completion) tokens only."""
-    c = lm.config
-    head = c.vocab_size * c.hidden_size
-    body = c.num_params() - head * (1 if c.tie_embeddings else 2)
+    body, head = lm.config.matmul_params()
     return 6.0 * (body * (rows * prompt_tokens + completion_tokens) + head * completion_tokens)
 
 
@@ -213,8 +211,11 @@ def child(a):
         out = bench_ours(a, lm, domain)
     else:
         import importlib.metadata as md
-        vers |= {pkg: md.version(pkg) for pkg in ("torch", "transformers", "trl", "google-tunix")
-                 if (pkg == "google-tunix") == (a.child == "tunix")}
+        packages = {"trl": ("torch", "transformers", "trl"), "tunix": ("google-tunix",)}[a.child]
+        vers |= {pkg: md.version(pkg) for pkg in packages}
+        if a.child == "trl":
+            import torch
+            vers["torch_threads"] = torch.get_num_threads()
         with tempfile.TemporaryDirectory() as hf_dir:
             models.save_hf(lm, hf_dir)  # the peers train the exact same weights
             out = bench_trl(a, hf_dir, domain) if a.child == "trl" else bench_tunix(a, lm, hf_dir, domain)

@@ -46,8 +46,7 @@ def model_flops(config, cfg, shape) -> float:
     the decoder and through the vocabulary head for the scored (response) tokens only, 2 more per
     parameter per token for a reference forward; no attention, no recomputation."""
     rows = shape.prompts * shape.group
-    head = config.vocab_size * config.hidden_size
-    body = config.num_params() - head * (1 if config.tie_embeddings else 2)
+    body, head = config.matmul_params()
     per_token = 6 + (2 if cfg.kl_beta > 0 else 0)
     return per_token * cfg.epochs * rows * (body * (shape.prompt_len + shape.new_tokens) + head * shape.new_tokens)
 

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from exit_jax.models.config import preset
+from exit_jax.rl import parallel
 from exit_jax.rl.learner import LearnerConfig
 from exit_jax.tpu import aot, chips
 
@@ -43,7 +44,7 @@ def test_a_multi_layer_iteration_compiles_for_tpu_and_fits(topology):
     assert reports["update"].flops >= 6 * config.num_params() * tokens / n * 0.5
     assert reports["decode"].repeats == shape.new_tokens - 1
     # The learner state is sharded over the chips and charged to the sampler while it runs.
-    state = aot.abstract_state(config, TPU_CFG, aot.make_mesh(aot.tpu_devices(topology)))
+    state = aot.abstract_state(config, TPU_CFG, parallel.make_mesh(aot.tpu_devices(topology)))
     assert reports["decode"].resident_bytes == aot.per_chip_bytes(state)
     assert aot.per_chip_bytes(state) < 1.2 * 12 * config.num_params() / n + 2e6  # f32 params + 2 moments
 

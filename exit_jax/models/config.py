@@ -69,6 +69,12 @@ class ModelConfig:
         layer = attn + 3 * d * f + 2 * d
         return self.num_layers * layer + v * d * (1 if self.tie_embeddings else 2) + d
 
+    def matmul_params(self) -> tuple[int, int]:
+        """(decoder, vocabulary head) parameters that a token's forward multiplies by: the input
+        embedding is a lookup, so a tied embedding counts once, as the head."""
+        head = self.vocab_size * self.hidden_size
+        return self.num_params() - head * (1 if self.tie_embeddings else 2), head
+
 
 PRESETS = {
     "tiny": ModelConfig(

@@ -17,10 +17,15 @@ from exit_jax.rl.learner import (AXIS, OPTIONAL_KEYS, REQUIRED_KEYS, Batch, Lear
                                  init_state, update_step)
 
 
-def make_mesh() -> jax.sharding.Mesh:
-    """A 1-D mesh over every device of every process (Auto axes: classic GSPMD propagation)."""
-    return jax.make_mesh((jax.device_count(),), (AXIS,),
-                         axis_types=(jax.sharding.AxisType.Auto,))
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+    """A 1-D mesh over `devices` (default: every device of every process; launch/compile.py passes a TPU
+    slice's abstract devices). Auto axes: classic GSPMD propagation."""
+    auto = (jax.sharding.AxisType.Auto,)
+    if devices is None:
+        return jax.make_mesh((jax.device_count(),), (AXIS,), axis_types=auto)
+    # Given devices are taken in their order: jax.make_mesh's topology-aware ordering refuses libtpu's
+    # description of a v4 slice (one device per TensorCore).
+    return jax.sharding.Mesh(np.asarray(devices), (AXIS,), axis_types=auto)
 
 
 def _fsdp_spec(shape, n: int) -> P:

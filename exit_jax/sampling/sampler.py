@@ -167,6 +167,13 @@ def _decode_impl(spec: SamplerSpec, params, state: SamplingState) -> SamplingSta
     return jax.lax.while_loop(cond, body, state)
 
 
+def padded_prompts(spec: SamplerSpec, n: int) -> int:
+    """Prompts a call of n prompts runs: a multiple of the data axis times prefill_chunks, so that every
+    prefill chunk spans the data axis evenly (the extra prompts repeat the last real one)."""
+    multiple = spec.prefill_chunks * (1 if spec.mesh is None else spec.mesh.shape[spec.data_axis])
+    return -(-n // multiple) * multiple
+
+
 def prompt_bucket(n: int, min_bucket: int) -> int:
     """Smallest bucket >= max(n, min_bucket), buckets being 2^k and 3 * 2^(k-1) (..., 64, 96, 128, 192,
     256, 384, ...): two compiled shapes per octave, at most 1.5x padding (powers of two alone cost up
@@ -223,9 +230,7 @@ class Sampler:
             raise ValueError(f"prompt length {longest} + max_new_tokens {self.spec.max_new_tokens} "
                              f"exceeds the model's max_position_embeddings {limit}.")
         length = prompt_bucket(longest, self.min_bucket)
-        shards = 1 if self.spec.mesh is None else self.spec.mesh.shape[self.spec.data_axis]
-        shards *= self.spec.prefill_chunks  # every prefill chunk spans the data axis evenly
-        num_p = -(-len(rows) // shards) * shards
+        num_p = padded_prompts(self.spec, len(rows))
         tokens = np.full((num_p, length), self.spec.pad_id, np.int32)
         mask = np.zeros((num_p, length), bool)
         for i in range(num_p):  # filler prompts (for even shards) repeat the last real one

@@ -88,12 +88,6 @@ def tpu_devices(topology: str, num_slices: int = 1) -> list:
     return list(desc.devices)
 
 
-def make_mesh(devices) -> Mesh:
-    """The learner's FSDP mesh (rl.parallel.make_mesh) over the given devices."""
-    return Mesh(np.asarray(devices), (learner_lib.AXIS,),
-                axis_types=(jax.sharding.AxisType.Auto,))
-
-
 def _abstract(tree, shardings):
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
@@ -169,8 +163,8 @@ def update_costs(config, cfg, shape: RunShape, mesh) -> tuple[float, float]:
     """Per-chip FLOPs and bytes of the update, from loop-free probes (see the module doc)."""
     shards = mesh.shape[learner_lib.AXIS]
     rows = shape.prompts * shape.group
-    micro = cfg.micro_batch_size or rows // shards  # rows per device per micro-batch
-    steps = cfg.epochs * (rows // shards) // micro
+    n_micro = learner_lib._num_micro(rows, cfg, shards)  # the update's own split (and its errors)
+    micro, steps = rows // shards // n_micro, cfg.epochs * n_micro  # rows per device per micro-batch
     probe_cfg = dataclasses.replace(cfg, epochs=1, micro_batch_size=0, scan_layers=False, group_size=None)
     probe_shape = dataclasses.replace(shape, prompts=micro * shards, group=1)
     costs = []
@@ -202,8 +196,7 @@ def compile_sampler(config, cfg, shape: RunShape, mesh, resident: int) -> list[R
     shards = mesh.shape[learner_lib.AXIS]
     per_call = min(shape.prompts_per_call or shape.prompts, shape.prompts)
     calls = -(-shape.prompts // per_call)
-    multiple = shards * shape.prefill_chunks  # the sampler pads P to a multiple of this (Sampler._batch)
-    num_p = -(-per_call // multiple) * multiple
+    num_p = sampler_lib.padded_prompts(spec, per_call)
     data, rep = NamedSharding(mesh, P(learner_lib.AXIS)), NamedSharding(mesh, P())
     tokens = jax.ShapeDtypeStruct((num_p, shape.prompt_len), jnp.int32, sharding=data)
     mask = jax.ShapeDtypeStruct((num_p, shape.prompt_len), bool, sharding=data)
@@ -227,6 +220,6 @@ def compile_sampler(config, cfg, shape: RunShape, mesh, resident: int) -> list[R
 def compile_iteration(config: ModelConfig, cfg: learner_lib.LearnerConfig, shape: RunShape,
                       devices) -> list[Report]:
     """Every program of one iteration, for the given (abstract) devices."""
-    mesh = make_mesh(devices)
+    mesh = parallel.make_mesh(devices)
     resident = per_chip_bytes(abstract_state(config, cfg, mesh))
     return compile_sampler(config, cfg, shape, mesh, resident) + [compile_update(config, cfg, shape, mesh)]
