@@ -38,7 +38,7 @@ def run_shape():
         dtype = "float32"
     return RunShape(run.prompts_per_iteration, run.group_size,
                     prompt_bucket(sampling.max_prompt_tokens, sampling.min_bucket), sampling.max_new_tokens,
-                    dtype, sampling.prefill_chunks, sampling.prompts_per_call)
+                    dtype, sampling.prefill_chunks, sampling.prompts_per_call, sampling.attention)
 
 
 def model_flops(config, cfg, shape) -> float:
@@ -66,7 +66,7 @@ def main(argv):
     try:
         chip = chips.chip_of(ours.topology)
         devices = aot.tpu_devices(ours.topology, ours.num_slices)
-        config = load_config(gin.query_parameter("%MODEL"))
+        config = load_config(gin_cli.query_macro("MODEL", args))
         shape = run_shape()
         cfg = dataclasses.replace(gin.get_configurable(LearnerConfig)(), group_size=shape.group)
         if cfg.parallel != "fsdp":
@@ -79,8 +79,9 @@ def main(argv):
     print(f"{config.name} ({config.num_params() / 1e9:.2f}B params) on {ours.topology} x{ours.num_slices}: "
           f"{n} {chip.name} devices, {chip.hbm_bytes / GB:.2f} GiB of HBM usable each | P={shape.prompts} "
           f"G={shape.group} prompt {shape.prompt_len} + response {shape.new_tokens} tokens, model {shape.model_dtype} "
-          f"| learner compute {cfg.compute_dtype}, params {cfg.param_dtype}, remat {cfg.remat}, "
-          f"scan {cfg.scan_layers}, micro-batch {cfg.micro_batch_size}, kl {cfg.kl_beta}, epochs {cfg.epochs}")
+          f"| learner compute {cfg.compute_dtype}, params {cfg.param_dtype}, remat {cfg.remat} "
+          f"({cfg.remat_policy}), scan {cfg.scan_layers}, micro-batch {cfg.micro_batch_size}, kl {cfg.kl_beta}, "
+          f"epochs {cfg.epochs}, tensor {cfg.tensor_parallel}, attention {cfg.attention}")
     head = ("program", "args GiB", "temp GiB", "out GiB", "resident GiB", "total GiB", "% HBM", "TFLOP",
             "HBM GiB", "roofline s", "compile s")
     print("  ".join(f"{h:>11s}" for h in head))

@@ -1,14 +1,16 @@
 """Evaluate a run's latest checkpoint (or the untrained model) on held-out tasks; compare runs.
 
     python launch/eval.py --gin_file=math.gin                          # latest checkpoint of WORKDIR
-    python launch/eval.py --gin_file=math.gin --gin_file=grpo.gin --gin.WORKDIR="'runs/base'"
+    python launch/eval.py --gin_file=math.gin --gin.WORKDIR="'runs/base'" --initial  # the untrained model
     python launch/eval.py --compare runs/math_grpo runs/math_exit --out_dir runs/compare
 
 Evaluation is the training command with no iterations left to run: the same gin files restore the same
 model, domain and checkpoint, then `evaluate.final_evaluation` writes WORKDIR/eval.json and the plots
-(paper: math K=16, tool use K=4, MLE greedy search K=16). A WORKDIR without a checkpoint evaluates the
-initial model (the paper's "Base model" row).
+(paper: math K=16, tool use K=4, MLE greedy search K=16). A WORKDIR without a checkpoint is refused (a
+mistyped path would otherwise evaluate the untrained model without a word); `--initial` evaluates the
+initial model there on purpose (the paper's "Base model" row).
 """
+import os
 import sys
 
 import gin_cli
@@ -18,7 +20,8 @@ def main(argv):
     if argv and argv[0] == "--compare":
         from exit_jax.evaluation import compare
         return compare.main(argv[1:])
-    args = gin_cli.parse_args(argv, __doc__)
+    initial = "--initial" in argv
+    args = gin_cli.parse_args([a for a in argv if a != "--initial"], __doc__)
     args.gin_bindings.append("loop.RunConfig.num_iterations = 0")  # restore and evaluate only
     # Keep every checkpoint: evaluation must never delete anything.
     args.gin_bindings.append("loop.RunConfig.keep_checkpoints = None")
@@ -27,6 +30,11 @@ def main(argv):
     gin_cli.tune_malloc()
     gin_cli.parse(args)
     from exit_jax.training import loop
+    workdir = gin_cli.run_workdir(args)
+    checkpoints = os.path.join(workdir, "checkpoints")
+    if not initial and not (os.path.isdir(checkpoints) and os.listdir(checkpoints)):
+        raise gin_cli.ConfigError(f"WORKDIR {workdir} holds no checkpoint: check the path, or pass --initial "
+                                  "to evaluate the untrained model there.")
     gin_cli.call(loop.train)
     return 0
 

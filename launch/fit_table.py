@@ -22,12 +22,17 @@ BEGIN, END = "<!-- fit-table:begin -->", "<!-- fit-table:end -->"
 # The paper's configs (paper §5.1, Tables 4-6): domain gin + the domain's model.
 CONFIGS = {"math": ("math.gin", "models/llama3_2_3b.gin"), "tool_use": ("tool_use.gin", "models/qwen2_5_7b.gin"),
            "mle": ("mle.gin", "models/deepseek_r1_distill_qwen_7b.gin")}
+# Where full fine-tuning cannot fit (a 7B model's float32 params and Adam moments alone are 10.6 GiB of a
+# 16 GiB device on 8 devices), the documented option: bfloat16 params and moments (docs/tpu.md's caveat).
+OPTIONS = {"bf16params": ["--gin.learner.LearnerConfig.param_dtype='bfloat16'"]}
+OPTION_CELLS = [("tool_use+bf16params", "v5e-8"), ("mle+bf16params", "v5e-8")]
 
 
 def cell(config: str, topology: str, extra: list) -> dict:
     out = os.path.join(REPO, "docs", "fit", f"{config}_{topology}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    files = [f"--gin_file={f}" for f in CONFIGS[config]]
+    base, _, option = config.partition("+")
+    files = [f"--gin_file={f}" for f in CONFIGS[base]] + (OPTIONS[option] if option else [])
     t = time.perf_counter()
     proc = subprocess.run([sys.executable, os.path.join(REPO, "launch", "compile.py"), *files,
                            f"--topology={topology}", f"--json={out}", *extra],
@@ -75,6 +80,7 @@ def main():
     p.add_argument("--table_only", action="store_true", help="rebuild the table from docs/fit/ only")
     a, extra = p.parse_known_args()
     cells = [(c, t) for c in a.configs.split(",") for t in a.topologies.split(",")]
+    cells += [(c, t) for c, t in OPTION_CELLS if c.partition("+")[0] in a.configs.split(",")]
     recs = []
     for c, t in cells:
         saved = os.path.join(REPO, "docs", "fit", f"{c}_{t}.json")

@@ -20,7 +20,10 @@ def main() -> None:
     args = parser.parse_args()
 
     start = time.perf_counter()
-    lm = models.load(args.model, dtype=args.dtype)
+    try:
+        lm = models.load(args.model, dtype=args.dtype)
+    except (ValueError, FileNotFoundError) as e:  # a bad path, file or dtype: one sentence, no traceback
+        raise SystemExit(f"error: {str(e).strip().splitlines()[0]}") from None
     loaded = time.perf_counter()
     prompt = lm.tokenizer.apply_chat_template([{"role": "user", "content": args.prompt}])
     ids = lm.tokenizer.encode(prompt)

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
 import re
@@ -50,10 +51,46 @@ def _resolve(path: str) -> str:
                       f"directory); known files: {', '.join(known)}.")
 
 
+MACRO = re.compile(r"[A-Za-z_]\w*")
+
+
+def _loaded_text(files: list) -> str:
+    """The text of the given gin files and of every file they include."""
+    texts, seen, stack = [], set(), list(files)
+    while stack:
+        path = stack.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        with open(path, encoding="utf-8") as f:
+            texts.append(f.read())
+        for include in re.findall(r"^include\s+['\"]([^'\"]+)['\"]", texts[-1], re.M):
+            try:
+                stack.append(_resolve(include))
+            except ConfigError:  # gin itself names a missing include
+                pass
+    return "\n".join(texts)
+
+
+def _check_macros(args, files: list) -> None:
+    """A --gin.NAME=... (or binding) that sets a macro no loaded file declares or uses is a typo: gin would
+    define a new, unused macro and run the default without a word (--gin.NUM_ITERATONS=3)."""
+    text = _loaded_text(files)
+    known = set(re.findall(r"%([A-Za-z_]\w*)(?![\w.])", text)) | set(re.findall(r"^([A-Za-z_]\w*)\s*=", text, re.M))
+    for binding in args.gin_bindings:
+        name = binding.partition("=")[0].strip()
+        if MACRO.fullmatch(name) and name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6)
+            hint = f"did you mean {' or '.join(close)}?" if close else f"known macros: {', '.join(sorted(known))}."
+            raise ConfigError(f"--gin.{name} sets a macro that none of {', '.join(args.gin_file)} (or the files "
+                              f"they include) declares or uses; {hint}")
+
+
 def parse(args) -> None:
     """Parses gin files and bindings, turning gin's errors into one sentence."""
     gin.add_config_file_search_path(GIN_DIR)
     files = [_resolve(f) for f in args.gin_file]
+    _check_macros(args, files)
     logging.disable(logging.ERROR)  # gin logs a "Path not found" for every search-path miss of an include
     try:
         gin.parse_config_files_and_bindings(files, args.gin_bindings)
@@ -69,6 +106,26 @@ def parse(args) -> None:
         logging.disable(logging.NOTSET)
 
 
+def query_macro(name: str, args):
+    """The value of a macro the launcher needs; unset (an overlay such as smoke.gin given alone), one
+    sentence saying which files to combine."""
+    try:
+        return gin.query_parameter(f"%{name}")
+    except ValueError:
+        raise ConfigError(f"the gin macro {name} is not set by {', '.join(args.gin_file)}: an overlay (smoke.gin, "
+                          "grpo.gin, models/*.gin) goes after a domain file, e.g. --gin_file=math.gin "
+                          "--gin_file=smoke.gin") from None
+
+
+def run_workdir(args) -> str:
+    """The run's directory: WORKDIR with {domain} / {method} filled in."""
+    from exit_jax.training import loop
+    workdir = loop.resolve_workdir(*(query_macro(name, args) for name in ("WORKDIR", "DOMAIN", "METHOD")))
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ConfigError(f"WORKDIR {workdir} is a file, not a directory; choose another WORKDIR.")
+    return workdir
+
+
 def write_operative_config(workdir: str) -> None:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.gin"), "w", encoding="utf-8") as f:
@@ -82,9 +139,15 @@ def call(fn):
     try:
         return gin.get_configurable(fn)()
     except TypeError as e:
-        if "missing" in str(e) and "required" in str(e) and not os.environ.get("EXIT_JAX_TRACEBACK"):
+        if os.environ.get("EXIT_JAX_TRACEBACK"):
+            raise
+        if "missing" in str(e) and "required" in str(e):
             raise ConfigError(f"{fn.__module__}.{fn.__name__}: {e}; bind it in a .gin file "
                               "or with --gin_bindings.") from None
+        where = re.search(r"In call to configurable '(\w+)'", str(e))
+        if where:  # a value of the wrong type reached a config's checks, e.g. NUM_ITERATIONS="'abc'"
+            raise ConfigError(f"a {where.group(1)} setting has the wrong type ({str(e).splitlines()[0]}); "
+                              f"check the values bound to {where.group(1)} and the macros it uses") from None
         raise
     except (ValueError, FileNotFoundError) as e:
         if os.environ.get("EXIT_JAX_TRACEBACK"):

@@ -11,8 +11,6 @@ import logging
 import os
 import sys
 
-import gin
-
 import gin_cli
 
 
@@ -23,8 +21,7 @@ def main(argv):
     gin_cli.tune_malloc()
     gin_cli.parse(args)
     from exit_jax.training import loop
-    workdir = loop.resolve_workdir(gin.query_parameter("%WORKDIR"), gin.query_parameter("%DOMAIN"),
-                                   gin.query_parameter("%METHOD"))
+    workdir = gin_cli.run_workdir(args)
     gin_cli.write_operative_config(workdir)
     # force: importing jax / orbax already gave the root logger a handler (absl's), which made a plain
     # basicConfig a no-op and left train.log empty.

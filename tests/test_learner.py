@@ -229,6 +229,30 @@ def test_bfloat16_params_compute_and_remat(params):
     assert max_diff(state.params, jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)) > 0
 
 
+def test_remat_policies_and_the_compute_copy_leave_the_gradients_unchanged(params):
+    """Every remat policy gives the update without remat; and differentiating through the bfloat16
+    copy of the weights (what _gradients does) gives the float32 params' gradients bit for bit, except
+    where a tied embedding's two uses are summed (in bfloat16 there)."""
+    batch = make_batch(params)
+    want = run(params, batch, cfg_for(parallel="single", epochs=1))
+    for policy in transformer.REMAT_POLICIES:
+        got = run(params, batch, cfg_for(parallel="single", epochs=1, remat=True, remat_policy=policy))
+        assert max_diff(got[0].params, want[0].params) < 1e-6, policy
+    with pytest.raises(ValueError, match="remat_policy"):
+        LearnerConfig(remat_policy="some")
+
+    def loss(p):
+        logp, _ = learner.token_logprobs(p, MC, batch["tokens"], batch["input_mask"], dtype=jnp.bfloat16)
+        return jnp.sum(logp * batch["completion_mask"])
+    grad = jax.jit(jax.grad(loss))
+    g32, glow = grad(params), grad(learner._compute_copy(params, jnp.bfloat16))
+    assert glow["layers_0"]["attn"]["q"]["kernel"].dtype == jnp.bfloat16
+    assert glow["final_norm"]["scale"].dtype == jnp.float32  # norm scales keep their dtype
+    tied = lambda g: g | {"embed": None}  # noqa: E731
+    assert max_diff(tied(g32), tied(glow)) == 0.0
+    assert max_diff(g32["embed"], glow["embed"]) < 1e-2 * float(jnp.max(jnp.abs(g32["embed"]["embedding"])))
+
+
 def test_scanned_layers_give_the_unrolled_update_single_and_fsdp(params):
     """LearnerConfig.scan_layers stacks the layers in the state and scans them: same update, and the
     params come back to the sampler and to checkpoints in the per-layer layout."""
@@ -254,6 +278,43 @@ def test_scanned_layers_give_the_unrolled_update_single_and_fsdp(params):
         assert max_diff(out[key][0], want) < 1e-5, key
         for k in ("loss", "kl", "grad_norm", "entropy"):
             np.testing.assert_allclose(out[key][1][k], m_want[k], rtol=1e-4, err_msg=f"{key} {k}")
+
+
+def test_tensor_parallel_meshes_and_splash_attention_give_the_single_device_update(params):
+    """Every mesh shape on 4 devices (data x tensor: 4x1, 2x2, 1x4) and the Pallas splash attention
+    (interpreted on CPU; under shard_map on the meshes): the single-device log-probs, loss, gradient
+    norm and updated params."""
+    mc = preset("tiny")  # 4 heads, 2 kv heads: "tensor" splits both
+    params = transformer.init_params(mc, seed=1)
+    tokens, mask = make_batch(params)["tokens"], make_batch(params)["input_mask"]
+    batch = make_batch(params)
+    dense, _ = learner.token_logprobs(params, mc, tokens, mask)
+    splash, _ = learner.token_logprobs(params, mc, tokens, mask, attention="splash_interpret")
+    real = mask & np.roll(mask, 1, axis=1)  # tokens whose predictor is a real token
+    np.testing.assert_allclose(np.asarray(splash)[real], np.asarray(dense)[real], atol=1e-5)
+    out = {}
+    for mode, tensor, attention in (("single", 1, "dense"), ("fsdp", 2, "dense"), ("fsdp", 4, "dense"),
+                                    ("fsdp", 2, "splash"), ("single", 1, "splash")):
+        # eps = 1: Adam's step is ~lr * gradient, so the params compare the gradients themselves (at eps
+        # 1e-8 it is lr * sign(g), which turns summation-order noise in near-zero entries into lr-sized steps).
+        cfg = cfg_for(parallel=mode, tensor_parallel=tensor, attention=attention, epochs=1,
+                      micro_batch_size=1, scan_layers=True, eps=1.0, learning_rate=1e-2)
+        state = parallel.place_state(learner.init_state(params, cfg), cfg)
+        state, metrics = parallel.make_update(mc, cfg)(state, parallel.place_batch(batch, cfg))
+        if tensor > 1:  # column-parallel q: its heads over "tensor", FSDP over "data" (when it divides)
+            spec = state.params["layers"]["attn"]["q"]["kernel"].sharding.spec
+            assert spec[-1] == "tensor" and ("data" in spec) == (tensor == 2), spec
+        out[mode, tensor, attention] = parallel.host_params(state, cfg), metrics
+    want, m_want = out["single", 1, "dense"]
+    assert max_diff(want, params) > 1e-5
+    for key in list(out)[1:]:
+        assert max_diff(out[key][0], want) < 1e-7, key
+        for k in ("loss", "kl", "grad_norm", "entropy"):
+            np.testing.assert_allclose(out[key][1][k], m_want[k], rtol=1e-4, err_msg=f"{key} {k}")
+    with pytest.raises(ValueError, match="tensor_parallel"):
+        LearnerConfig(tensor_parallel=2)  # needs fsdp
+    with pytest.raises(ValueError, match="must divide"):
+        parallel.make_mesh(tensor=3)
 
 
 def test_vocab_chunks_give_the_same_logprobs_entropy_and_gradients(params):

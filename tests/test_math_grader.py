@@ -146,6 +146,8 @@ def test_adversarial_inputs_time_out_fast():
         assert g.check("\\boxed{" + "1+" * 200_000 + "1}", "1").reason == "answer_too_long"
         assert g.check("\\boxed" + "{" * 50_000, "1").reason == "malformed_box"
         assert g.check("\\boxed{1}" * 20_000, "1").reward == 1.0
+        long_gold = "(" + ", ".join(str(i) for i in range(400)) + ")"  # 1,490 characters, still exact
+        assert len(long_gold) > 1000 and g.check("\\boxed{" + long_gold + "}", long_gold).reward == 1.0
         assert time.monotonic() - start < 5
         # The worker still answers afterwards.
         assert g.check("\\boxed{\\sqrt{8}}", "2\\sqrt{2}").reward == 1.0

@@ -100,7 +100,50 @@ def test_sharded_safetensors_equal_single_file(tmp_path):
         models.load(str(out))
 
 
+def test_checkpoints_load_straight_into_the_learners_shards(tmp_path):
+    """models.load(..., shardings=...) for HF safetensors, GGUF and orbax: every weight arrives split over
+    the 4 devices as rl.parallel lays out the learner (data x tensor here), with the values of a plain
+    load; the sharded params feed the sharded learner state without moving."""
+    import functools
+    from exit_jax.rl import parallel
+    from test_models_gguf import write_gguf
+    from exit_jax.rl.learner import LearnerConfig
+    mesh = parallel.make_mesh(tensor=2)
+    shardings = functools.partial(parallel.state_shardings, mesh=mesh)
+    src = fixture("qwen2_bias")
+    models.save_orbax(models.load(src), str(tmp_path / "orbax"))
+    gguf = str(tmp_path / "model.gguf")
+    write_gguf("llama_gqa_tied", gguf)
+    for source in (src, str(tmp_path / "orbax"), gguf):
+        plain, sharded = models.load(source), models.load(source, shardings=shardings)
+        assert_same_lm(plain, sharded)
+        q = sharded.params["layers_0"]["attn"]["q"]["kernel"]
+        assert q.sharding.spec == parallel.state_shardings(plain.params, mesh)["layers_0"]["attn"]["q"][
+            "kernel"].spec and q.sharding.spec[-1] == "tensor", source
+        assert len({s.device for s in q.addressable_shards}) == 4
+    cfg = LearnerConfig(parallel="fsdp", tensor_parallel=2, scan_layers=True)
+    state = parallel.init_sharded(sharded.params, cfg, mesh)
+    assert state.params["layers"]["attn"]["q"]["kernel"].sharding.spec[-1] == "tensor"
+
+
 # ---- bad input: one clear sentence each -----------------------------------------------------------
+def test_truncated_checkpoints_are_named_in_one_sentence(tmp_path):
+    hf = copy_fixture("qwen2_bias", tmp_path)
+    st = os.path.join(hf, "model.safetensors")
+    with open(st, "r+b") as f:
+        f.truncate(os.path.getsize(st) // 2)
+    with pytest.raises(ValueError, match=r"model.safetensors is not a readable safetensors file"):
+        models.load(hf)
+    out = str(tmp_path / "orbax")
+    models.save_orbax(models.load(fixture("qwen2_bias")), out)
+    files = [os.path.join(r, n) for r, _, names in os.walk(os.path.join(out, "params")) for n in names]
+    biggest = max(files, key=os.path.getsize)
+    with open(biggest, "r+b") as f:
+        f.truncate(os.path.getsize(biggest) // 2)
+    with pytest.raises(ValueError, match=r"params' cannot be read .* the checkpoint is damaged"):
+        models.load(out)
+
+
 def test_missing_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a preset"):
         models.load(str(tmp_path / "nowhere"))

@@ -1,5 +1,6 @@
 """Rollout groups on real environments (multi-turn BFCL, math) and batch packing for the learner."""
 import concurrent.futures
+import dataclasses
 
 import numpy as np
 import pytest
@@ -71,6 +72,15 @@ def test_single_turn_group_scores_and_failing_env_is_contained(pool):
     groups, segments, _ = run_groups(policy, [ep], 3, Exploding, seed=0, pool=pool)
     assert [r.score for r in groups[0]] == [1.0, 0.0, 0.0]
     assert len(segments) == 3
+
+    class Broken(math_env.MathEnv):  # rewards that are not finite numbers score 0, with the task logged
+        def step(self, reply):
+            result = super().step(reply)
+            bad = {"no idea": float("nan"), "\\boxed{": float("inf")}.get(reply, result.reward)
+            return dataclasses.replace(result, reward=bad)
+
+    groups, _, _ = run_groups(policy, [ep], 3, Broken, seed=0, pool=pool)
+    assert [r.score for r in groups[0]] == [1.0, 0.0, 0.0]
 
 
 def test_pack_aligns_prompt_completion_and_logprobs():

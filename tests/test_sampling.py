@@ -221,6 +221,37 @@ def test_prefill_in_chunks_and_on_sharded_params_changes_nothing(params):
         sampling.Sampler(CONFIG, num_samples=2, max_new_tokens=12, eos_ids=(EOS,), pad_id=PAD, prefill_chunks=0)
 
 
+def test_tensor_parallel_meshes_and_splash_prefill_change_nothing(params):
+    """The learner's 2-D meshes (data x tensor): params sharded by rl.parallel's rules (heads, MLP columns
+    and vocabulary over "tensor"), the KV cache's heads over "tensor", and the prefill through the Pallas
+    splash kernel (interpreted on CPU): the single-device tokens and log-probs."""
+    from exit_jax.rl import parallel
+    kwargs = dict(temperature=1.0, seed=3)
+    base = sampling.Sampler(CONFIG, num_samples=2, max_new_tokens=12, eos_ids=(EOS,), pad_id=PAD)(
+        params, PROMPTS, **kwargs)
+    for tensor, attention in ((2, "dense"), (4, "dense"), (2, "splash"), (1, "splash")):
+        mesh = parallel.make_mesh(tensor=tensor)
+        sharded = jax.device_put(params, parallel.state_shardings(params, mesh))
+        if tensor > 1:
+            assert sharded["layers_0"]["attn"]["q"]["kernel"].sharding.spec[-1] == "tensor"
+        s = sampling.Sampler(CONFIG, num_samples=2, max_new_tokens=12, eos_ids=(EOS,), pad_id=PAD,
+                             mesh=mesh, attention=attention)
+        assert s.spec.attention == ("splash_interpret" if attention == "splash" else "dense")
+        out = s(sharded, PROMPTS, **kwargs)
+        np.testing.assert_array_equal(out.tokens, base.tokens, err_msg=f"{tensor} {attention}")
+        # Row-parallel o/down sum partial products across devices: float reassociation (~3e-5).
+        np.testing.assert_allclose(out.logprobs, base.logprobs, rtol=1e-4, atol=1e-4)
+    # The cache of the (2 x 2) mesh: rows over "data", kv heads over "tensor".
+    mesh = parallel.make_mesh(tensor=2)
+    s = sampling.Sampler(CONFIG, num_samples=2, max_new_tokens=16, eos_ids=(EOS,), pad_id=PAD, mesh=mesh)
+    tokens, mask, _ = s._batch(PROMPTS)
+    shard = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    state = s._prefill(s.spec, params, *jax.device_put((tokens, mask, np.arange(4, dtype=np.int32)), shard),
+                       jnp.uint32(0), sampling.make_knobs())
+    heads = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data", "tensor"))
+    assert state.cache["layers_0"]["prefix_k"].sharding.is_equivalent_to(heads, 4)
+
+
 def test_no_retrace_for_new_prompts_knobs_and_params(params, monkeypatch):
     for name in ("_prefill_impl", "_decode_impl"):
         monkeypatch.setattr(sampler_lib, name,

@@ -3,6 +3,7 @@ restore-by-replay, knobs. Data: the bfcl-eval wheel (Apache-2.0, ShishirPatil/go
 import ast
 import decimal
 import json
+import time
 
 import hypothesis
 import hypothesis.strategies as st
@@ -327,9 +328,16 @@ def test_math_tools_cannot_hang_or_leak_precision():
         "[logarithm(value=20, base=10, precision=40)]")[0], instances, owners)
     assert result.startswith("{'result': mpf('1.30102999566398119521373889472449302676")
     assert (mpmath.mp.dps, decimal.getcontext().prec) == (dps, prec)
+    huge_base = "7" * 4000  # 4,000 digits to the 10,000th: 78 s of GIL before the result-size guard
     slow = executor.parse_python_calls(
-        "[power(base=10, exponent=100000000), square_root(number=2, precision=10000000)]")[0]
+        f"[power(base=10, exponent=100000000), square_root(number=2, precision=10000000), "
+        f"power(base={huge_base}, exponent=10000)]")[0]
+    start = time.perf_counter()
     assert all("exceeds the limit" in r for r in executor.execute_calls(slow, instances, owners))
+    assert time.perf_counter() - start < 1.0
+    (fine,) = executor.execute_calls(executor.parse_python_calls("[power(base=2, exponent=10000)]")[0],
+                                     instances, owners)
+    assert "exceeds" not in fine and fine.endswith("9376}")  # 2**10000 still computes
 
 
 def test_bad_arguments_get_one_clear_sentence():
@@ -346,3 +354,22 @@ def test_bad_arguments_get_one_clear_sentence():
         bfcl.load_entries("multi_turn_base", ["multi_turn_base_999"])
     with pytest.raises(RuntimeError, match="reset"):
         bfcl.MultiTurnEnv(task).step("[pwd()]")
+
+
+def test_damaged_bfcl_data_is_named_by_file_and_line(tmp_path, monkeypatch):
+    """A category file whose line is not JSON, or whose entry lacks a key, is one sentence naming both."""
+    import shutil
+    root = data._data_dir()
+    name = f"{data._FILE_PREFIX}multi_turn_base.json"
+    (tmp_path / "possible_answer").mkdir()
+    shutil.copy(root / "possible_answer" / name, tmp_path / "possible_answer" / name)
+    lines = (root / name).read_text().splitlines()
+    monkeypatch.setattr(data, "_data_dir", lambda: tmp_path)
+    for broken, message in ((lines[0][:-5], "line 1: not valid JSON"),
+                            (json.dumps({k: v for k, v in json.loads(lines[0]).items() if k != "question"}),
+                             "line 1: the entry lacks question")):
+        (tmp_path / name).write_text("\n".join([broken] + lines[1:]))
+        data._load_category.cache_clear()
+        with pytest.raises(ValueError, match=message):
+            data.load_category("multi_turn_base")
+    data._load_category.cache_clear()

@@ -80,19 +80,22 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, math_domain):
 
 
 def test_fsdp_run_samples_from_the_sharded_params_like_a_single_device_run(tmp_path, math_domain):
-    """parallel="fsdp" on the 4 fake devices, layers scanned: the sampler splits the prompts over the
-    learner's mesh and reads its sharded params in place; the run computes what one device computes."""
+    """parallel="fsdp" on the 4 fake devices (4 x 1 and 2 x 2 data x tensor meshes), layers scanned: the
+    sampler splits the prompts over the learner's mesh and reads its sharded params in place; the run
+    computes what one device computes."""
     out = {}
-    for name, learner in (("single", SMOKE_LEARNER),
-                          ("fsdp", dataclasses.replace(SMOKE_LEARNER, parallel="fsdp", scan_layers=True))):
+    fsdp = dataclasses.replace(SMOKE_LEARNER, parallel="fsdp", scan_layers=True)
+    for name, learner in (("single", SMOKE_LEARNER), ("fsdp", fsdp),
+                          ("fsdp_tensor", dataclasses.replace(fsdp, tensor_parallel=2))):
         run = loop.RunConfig(workdir=str(tmp_path / name), num_iterations=2, prompts_per_iteration=2,
                              group_size=4, progress=False)
         loop.train(run, "smoke", math_domain, preset("math", "grpo"), learner, SMOKE_SAMPLING)
         out[name] = read_metrics(str(tmp_path / name))
-    for a, b in zip(out["single"], out["fsdp"]):
-        assert a["rollout/completion_tokens"] == b["rollout/completion_tokens"]
-        assert a["reward/mean"] == b["reward/mean"]
-        np.testing.assert_allclose(a["learner/loss"], b["learner/loss"], rtol=1e-4, atol=1e-7)
+    for a, b, c in zip(out["single"], out["fsdp"], out["fsdp_tensor"]):
+        for x in (b, c):  # the 2 x 2 (data x tensor) mesh too
+            assert a["rollout/completion_tokens"] == x["rollout/completion_tokens"]
+            assert a["reward/mean"] == x["reward/mean"]
+            np.testing.assert_allclose(a["learner/loss"], x["learner/loss"], rtol=1e-4, atol=1e-7)
     # What the fsdp policy is given: the learner's sharded params cast in place, never a host copy.
     cfg = dataclasses.replace(SMOKE_LEARNER, parallel="fsdp", scan_layers=True)
     mesh = parallel.make_mesh()
@@ -203,15 +206,18 @@ def test_launcher_trains_evaluates_and_plots(tmp_path):
     curve = record["evaluations"]["self_improvement"]["curves"]["accuracy"]
     assert len(curve) == 3  # k = 0, 1, 2 (smoke.gin: K = 2)
     assert any(f.endswith(".png") and f.startswith("eval_") for f in os.listdir(tmp_path))
-    # launch/eval.py restores the same run's last checkpoint and evaluates it again, training nothing.
+    # launch/eval.py restores the same run's last checkpoint and evaluates it again, training nothing
+    # and deleting nothing (a record past the checkpoint, as a kill leaves, stays).
     (tmp_path / "eval.json").unlink()
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"iteration": 2, "note": "written after the last checkpoint"}) + "\n")
     cmd = _train_cmd(tmp_path, "--gin.NUM_ITERATIONS=2")
     cmd[1] = os.path.join(REPO, "launch", "eval.py")
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert out.returncode == 0, out.stderr[-3000:]
     again = json.loads((tmp_path / "eval.json").read_text())
-    assert again["iteration"] == 2 and len(read_metrics(str(tmp_path))) == 2
+    assert again["iteration"] == 2 and len(read_metrics(str(tmp_path))) == 3
     compare = subprocess.run([sys.executable, os.path.join(REPO, "launch", "eval.py"), "--compare",
                               str(tmp_path), "--out_dir", str(tmp_path / "cmp")],
                              capture_output=True, text=True, timeout=300)
@@ -223,12 +229,31 @@ def test_launcher_trains_evaluates_and_plots(tmp_path):
     (["--gin.loop.RunConfig.no_such_field=1"], "no_such_field"),
     (["--gin_file=nope.gin"], "not found"),
     (["--gin.WORKDIR"], "needs a value"),
+    (["--gin.NUM_ITERATONS=3"], "did you mean NUM_ITERATIONS?"),  # a typo must not define a new macro
 ])
 def test_bad_gin_gives_one_clear_error(tmp_path, args, message):
     out = subprocess.run(_train_cmd(tmp_path, *args), capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
     assert message in out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("script, args, message", [
+    ("train.py", ["--gin_file=smoke.gin"], "goes after a domain file"),  # an overlay alone
+    ("eval.py", ["--gin_file=math.gin", "--gin_file=smoke.gin", "--gin.WORKDIR='{tmp}/no_run'"],
+     "holds no checkpoint"),
+    ("train.py", ["--gin_file=math.gin", "--gin_file=smoke.gin", "--gin.WORKDIR='{tmp}/w'",
+                  "--gin.NUM_ITERATIONS='abc'"], "a RunConfig setting has the wrong type"),
+    ("train.py", ["--gin_file=math.gin", "--gin_file=smoke.gin", "--gin.WORKDIR='{tmp}/file'"],
+     "is a file, not a directory"),
+    ("generate.py", ["--model={tmp}/no_such_model"], "is not a preset"),
+    ("generate.py", ["--dtype=float8"], "dtype 'float8' is not supported"),
+])
+def test_launcher_mistakes_end_in_one_sentence(tmp_path, script, args, message):
+    (tmp_path / "file").write_text("not a directory")
+    cmd = [sys.executable, os.path.join(REPO, "launch", script)] + [a.format(tmp=tmp_path) for a in args]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and message in out.stderr and "Traceback" not in out.stderr, out.stderr[-1500:]
 
 
 def test_missing_required_macro_is_named(tmp_path):

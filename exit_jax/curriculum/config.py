@@ -40,6 +40,8 @@ class CurriculumConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"CurriculumConfig.{name} must be in [0, 1], got {value!r}.")
+        if not 0.0 < self.kappa < float("inf"):  # kappa <= 0 inverts or flattens the priorities; inf is NaN
+            raise ValueError(f"CurriculumConfig.kappa must be a finite number > 0, got {self.kappa!r}.")
         if self.capacity < 1:
             raise ValueError(f"CurriculumConfig.capacity must be ≥ 1, got {self.capacity!r}.")
         if not 1 <= self.b_min <= self.capacity:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Iterable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import jax
 import jax.numpy as jnp
@@ -141,17 +141,31 @@ def _target(name: str, config: ModelConfig) -> Optional[tuple]:
     return "unexpected"
 
 
+def _init_params(config: ModelConfig):
+    from exit_jax.models.transformer import init_params
+    return init_params(config)
+
+
 def expected_shapes(config: ModelConfig) -> dict:
     """{path tuple: shape} of the parameter tree for `config`, without allocating it."""
-    from exit_jax.models.transformer import init_params
-    tree = jax.eval_shape(lambda: init_params(config))
+    tree = jax.eval_shape(lambda: _init_params(config))
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
     return {tuple(k.key for k in path): tuple(leaf.shape) for path, leaf in flat}
 
 
-def params_from_hf(tensors: Iterable[tuple], config: ModelConfig, dtype, where: str) -> dict:
-    """Build the nested params dict from (hf_name, numpy array) pairs, casting each on arrival."""
+def params_from_hf(tensors: Iterable[tuple], config: ModelConfig, dtype, where: str,
+                   shardings: Optional[Callable] = None) -> dict:
+    """Build the nested params dict from (hf_name, numpy array) pairs, casting each on arrival.
+
+    shardings: abstract params tree -> tree of jax Shardings (e.g. the learner's FSDP layout): each
+    tensor then goes straight into its shards on their devices as it is read, and the host holds one
+    tensor at a time; without it, each lands whole on the default device."""
     shapes = expected_shapes(config)
+    placement = {}
+    if shardings is not None:
+        abstract = jax.eval_shape(lambda: _init_params(config))
+        flat_shardings = jax.tree_util.tree_flatten_with_path(shardings(abstract))[0]
+        placement = {tuple(k.key for k in path): sharding for path, sharding in flat_shardings}
     flat = {}
     for name, array in tensors:
         target = _target(name, config)
@@ -170,7 +184,11 @@ def params_from_hf(tensors: Iterable[tuple], config: ModelConfig, dtype, where: 
             got = array.shape[::-1] if transpose else array.shape
             raise ValueError(f"{where}: tensor {name!r} has shape {tuple(got)}, expected "
                              f"{tuple(want)} from the config.")
-        flat[path] = jnp.asarray(array, dtype=dtype)
+        if placement:
+            flat[path] = jax.make_array_from_callback(
+                array.shape, placement[path], lambda index, a=array: np.asarray(a[index], dtype=dtype))
+        else:
+            flat[path] = jnp.asarray(array, dtype=dtype)
     missing = sorted("/".join(p) for p in shapes if p not in flat)
     if missing:
         raise ValueError(f"{where}: missing tensors for {missing[:5]}"
@@ -215,12 +233,15 @@ def _shard_files(path: str) -> list:
 
 def iter_safetensors(path: str) -> Iterator[tuple]:
     """(name, numpy array) for every tensor of an HF dir, one shard open at a time."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
     for file in _shard_files(path):
         # numpy, not flax: the tensor stays on the host until it is cast (bf16 comes as ml_dtypes).
-        with safe_open(file, framework="numpy") as f:
-            for name in f.keys():
-                yield name, f.get_tensor(name)
+        try:
+            with safe_open(file, framework="numpy") as f:
+                for name in f.keys():
+                    yield name, f.get_tensor(name)
+        except SafetensorError as e:  # truncated or overwritten files
+            raise ValueError(f"{file} is not a readable safetensors file ({e}); download or copy it again.") from None
 
 
 def read_config(path: str) -> dict:

@@ -96,31 +96,31 @@ def embedded_gguf_path() -> str:
     return path
 
 
-def load_gguf(path: str, dtype=jnp.float32) -> LM:
+def load_gguf(path: str, dtype=jnp.float32, shardings=None) -> LM:
     config, tensors, meta = gguf_io.load_gguf(path)
     tokenizer = Tokenizer.from_gguf_fields(meta, config.family)
     where = f"GGUF {path!r}"
     _check_vocab(config, tokenizer, where)
-    params = hf.params_from_hf(tensors, config, dtype, where)
+    params = hf.params_from_hf(tensors, config, dtype, where, shardings)
     declared = {key: meta[f"general.sampling.{g}"] for key, g in
                 (("temperature", "temp"), ("top_p", "top_p"), ("top_k", "top_k"))
                 if f"general.sampling.{g}" in meta}
     return LM(config, params, tokenizer, dtype, _generation_config(tokenizer, declared))
 
 
-def load_hf_dir(path: str, dtype=jnp.float32) -> LM:
+def load_hf_dir(path: str, dtype=jnp.float32, shardings=None) -> LM:
     cfg = hf.read_config(path)
     config = hf.config_from_hf(cfg, os.path.join(path, "config.json"))
     declared = hf.read_generation_config(path)
     eos = _as_ids(declared.get("eos_token_id")) or _as_ids(cfg.get("eos_token_id"))
     tokenizer = Tokenizer.from_hf_dir(path, config.family, eos)
     _check_vocab(config, tokenizer, path)
-    params = hf.params_from_hf(hf.iter_safetensors(path), config, dtype, path)
+    params = hf.params_from_hf(hf.iter_safetensors(path), config, dtype, path, shardings)
     return LM(config, params, tokenizer, dtype, _generation_config(tokenizer, declared))
 
 
-def load_orbax(path: str, dtype=jnp.float32) -> LM:
-    config, generation, params = orbax_io.load(path, dtype)
+def load_orbax(path: str, dtype=jnp.float32, shardings=None) -> LM:
+    config, generation, params = orbax_io.load(path, dtype, shardings)
     tokenizer = Tokenizer.from_hf_dir(path, config.family, _as_ids(generation.get("eos_token_id")))
     _check_vocab(config, tokenizer, path)
     return LM(config, params, tokenizer, dtype, _generation_config(tokenizer, generation))
@@ -145,24 +145,28 @@ def _download(repo_id: str) -> str:
                          f"path; offline, unknown or gated repository?): {type(e).__name__}.") from None
 
 
-def load(source: str, dtype="float32") -> LM:
-    """Load a model from a preset name, .gguf file, exit_jax orbax dir, HF dir or hub id."""
+def load(source: str, dtype="float32", shardings=None) -> LM:
+    """Load a model from a preset name, .gguf file, exit_jax orbax dir, HF dir or hub id.
+
+    shardings: abstract params tree -> tree of jax Shardings (rl.parallel.state_shardings on a mesh):
+    every weight is written straight into its shards on their devices (no device ever holds the whole
+    model; the host holds one tensor at a time, or none for orbax). Default: the default device."""
     dt = _dtype(dtype)
     source = os.fspath(source)
     if source == EMBEDDED:
-        lm = load_gguf(embedded_gguf_path(), dt)
+        lm = load_gguf(embedded_gguf_path(), dt, shardings)
         return dataclasses.replace(lm, config=dataclasses.replace(lm.config, name=EMBEDDED))
     if source in PRESETS:
         raise ValueError(f"Preset {source!r} has no embedded weights; pass a Hugging Face directory, "
                          f"a .gguf file or a hub id (only {EMBEDDED!r} loads by name).")
     if source.endswith(".gguf"):
-        return load_gguf(source, dt)
+        return load_gguf(source, dt, shardings)
     if os.path.isdir(source):
         if orbax_io.is_orbax_dir(source):
-            return load_orbax(source, dt)
-        return load_hf_dir(source, dt)
+            return load_orbax(source, dt, shardings)
+        return load_hf_dir(source, dt, shardings)
     if re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not os.path.exists(source):
-        return load_hf_dir(_download(source), dt)
+        return load_hf_dir(_download(source), dt, shardings)
     raise FileNotFoundError(f"Model source {source!r} is not a preset ({EMBEDDED!r}), an existing "
                             "directory or .gguf file, or a hub id 'org/name'.")
 

@@ -50,8 +50,9 @@ def save(out_dir: str, config: ModelConfig, params, generation_config: dict) -> 
                   indent=2)
 
 
-def load(path: str, dtype) -> tuple:
-    """-> (ModelConfig, generation_config dict, params cast to `dtype`)."""
+def load(path: str, dtype, shardings=None) -> tuple:
+    """-> (ModelConfig, generation_config dict, params cast to `dtype`); with `shardings` (abstract tree
+    -> Shardings) orbax restores each array straight into its shards."""
     import orbax.checkpoint as ocp
     from exit_jax.models.hf import expected_shapes
     path = os.path.abspath(path)
@@ -69,9 +70,17 @@ def load(path: str, dtype) -> tuple:
         for k in keys[:-1]:
             node = node.setdefault(k, {})
         node[keys[-1]] = jax.ShapeDtypeStruct(shape, dtype)
+    if shardings is not None:
+        target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), target,
+                              shardings(target))
     try:
         params = ocp.StandardCheckpointer().restore(params_dir, target)
     except (ValueError, KeyError) as e:
         raise ValueError(f"{params_dir!r} does not match the config in {MARKER}: {e}") from None
-    params = jax.tree.map(lambda x: jnp.asarray(x, dtype), params)
+    except Exception as e:  # noqa: BLE001 - truncated or garbled array files (tensorstore errors)
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ValueError(f"{params_dir!r} cannot be read ({type(e).__name__}: {first}); the checkpoint is "
+                         "damaged: write it again.") from None
+    if shardings is None:
+        params = jax.tree.map(lambda x: jnp.asarray(x, dtype), params)
     return config, meta.get("generation_config", {}), params

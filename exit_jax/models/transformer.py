@@ -29,9 +29,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from exit_jax.models import flash
 from exit_jax.models.config import ModelConfig
 
 Cache = dict
+# What a rematerialised block keeps from its forward pass for the backward (Transformer.remat_policy):
+# "full" keeps only its input and recomputes the rest; "dots" also keeps every matmul output (more
+# memory, ~1/3 less recomputation); "dots_no_batch" keeps the weight matmuls' outputs, not attention's.
+REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_saveable,
+                  "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 
 class RMSNorm(nn.Module):
@@ -84,6 +90,8 @@ class Attention(nn.Module):
     dtype: Any
     param_dtype: Any
     decode_reduce: bool = True  # see Transformer.decode_reduce
+    attention: str = "dense"  # see Transformer.attention
+    mesh: Any = None
 
     @nn.compact
     def __call__(self, x, positions, mask, cache: Optional[Cache], cache_index):
@@ -110,6 +118,14 @@ class Attention(nn.Module):
             k_all = jax.lax.dynamic_update_slice(cache["k"], k.astype(dtype), start)
             v_all = jax.lax.dynamic_update_slice(cache["v"], v.astype(dtype), start)
             new_cache = dict(cache, k=k_all, v=v_all)
+        if self.attention != "dense" and t > 1 and k_all.shape[2] == t:
+            # Self-attention of the whole sequence (training, prefill): the kernel, no [T, T] scores.
+            # The mask is causal & valid-key, so its last row is the validity of every token.
+            qh = q.reshape(b, t, c.num_heads, c.head_dim).transpose(0, 2, 1, 3)
+            out = flash.causal_attention(qh, k_all.astype(q.dtype), v_all.astype(q.dtype), mask[:, -1],
+                                         self.mesh, interpret=self.attention == "splash_interpret")
+            out = out.astype(self.dtype).transpose(0, 2, 1, 3).reshape(b, t, c.num_heads * c.head_dim)
+            return dense(c.hidden_size, use_bias=False, name="o")(out), new_cache
         if t == 1 and self.decode_reduce:
             # One-token decode: multiply-and-reduce fusions that stream the cache once, instead of
             # B * Hkv tiny batched matmuls (small-matmul dispatch dominated them on CPU).
@@ -172,12 +188,15 @@ class Block(nn.Module):
     dtype: Any
     param_dtype: Any
     decode_reduce: bool = True
+    attention: str = "dense"
+    mesh: Any = None
 
     @nn.compact
     def __call__(self, x, positions, mask, cache, cache_index):
         c = self.config
         norm = functools.partial(RMSNorm, c.rms_norm_eps, c.norm_offset, self.dtype, self.param_dtype)
-        h, cache = Attention(c, self.dtype, self.param_dtype, self.decode_reduce, name="attn")(
+        h, cache = Attention(c, self.dtype, self.param_dtype, self.decode_reduce, self.attention, self.mesh,
+                             name="attn")(
             norm(name="attn_norm")(x), positions, mask, cache, cache_index)
         x = x + h
         x = x + MLP(c, self.dtype, self.param_dtype, name="mlp")(norm(name="mlp_norm")(x))
@@ -190,6 +209,7 @@ class Transformer(nn.Module):
     dtype: Any = jnp.float32  # compute dtype (bfloat16 on TPU/GPU)
     param_dtype: Any = jnp.float32
     remat: bool = False  # recompute each block in the backward pass (long sequences)
+    remat_policy: str = "full"  # REMAT_POLICIES
     head: bool = True  # False: skip the vocabulary projection (logits None); see `project`
     # Params under "layers" stacked [num_layers, ...] and one Block under lax.scan: the HLO, compile
     # time and compiler memory stop growing with depth (28 unrolled 7B layers did not compile for a
@@ -199,6 +219,11 @@ class Transformer(nn.Module):
     # compute dtype (TPU: the math config's decode step on a v5e-8 costs 59.6 GB of HBM traffic in the
     # reduce form, 34.2 GB as dots). The sampler picks by the platform it runs on.
     decode_reduce: bool = True
+    # Whole-sequence self-attention (training, prefill): "dense" float32 [T, T] scores, or jax's Pallas
+    # splash kernel ("splash"; "splash_interpret" runs it off TPU, slowly), which never builds them.
+    # flash.resolve maps the gin knobs onto these. `mesh`: the device mesh the kernel is mapped over.
+    attention: str = "dense"
+    mesh: Any = None
 
     @nn.compact
     def __call__(self, tokens, positions, mask, cache: Optional[Cache] = None, cache_index=0):
@@ -208,17 +233,21 @@ class Transformer(nn.Module):
         x = embed(tokens)
         if c.embed_scale:  # HF Gemma multiplies by sqrt(D) rounded to the compute dtype.
             x = x * jnp.asarray(c.hidden_size ** 0.5, self.dtype)
-        block_cls = nn.remat(Block, prevent_cse=False) if self.remat else Block
+        block_cls = Block
+        if self.remat:
+            block_cls = nn.remat(Block, prevent_cse=False, policy=REMAT_POLICIES[self.remat_policy])
         new_cache = {} if cache is not None else None
         if self.scan_layers:
             if cache is not None:
                 raise ValueError("Transformer(scan_layers=True) runs the no-cache forward only.")
             layers = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
                              in_axes=(nn.broadcast,) * 4, length=c.num_layers)
-            x, _ = layers(c, self.dtype, self.param_dtype, name="layers")(x, positions, mask, None, 0)
+            x, _ = layers(c, self.dtype, self.param_dtype, self.decode_reduce, self.attention, self.mesh,
+                          name="layers")(x, positions, mask, None, 0)
         for i in range(0 if self.scan_layers else c.num_layers):
             name = f"layers_{i}"
-            x, layer_cache = block_cls(c, self.dtype, self.param_dtype, self.decode_reduce, name=name)(
+            x, layer_cache = block_cls(c, self.dtype, self.param_dtype, self.decode_reduce, self.attention,
+                                       self.mesh, name=name)(
                 x, positions, mask, None if cache is None else cache[name], cache_index)
             if cache is not None:
                 new_cache[name] = layer_cache
@@ -281,7 +310,7 @@ def unstack_layers(params):
 
 
 def forward(params, config: ModelConfig, tokens, input_mask=None, dtype=jnp.float32, remat=False,
-            return_hidden=False, head=True):
+            return_hidden=False, head=True, attention="dense", mesh=None, remat_policy="full"):
     """No-cache forward pass. tokens int32 [B, T]; input_mask bool [B, T] (default: all valid).
 
     head=False returns only the final (normed) hidden states [B, T, D], for callers that need logits
@@ -290,7 +319,9 @@ def forward(params, config: ModelConfig, tokens, input_mask=None, dtype=jnp.floa
     """
     if input_mask is None:
         input_mask = jnp.ones(tokens.shape, bool)
-    model = Transformer(config, dtype=dtype, remat=remat, head=head, scan_layers="layers" in params)
+    model = Transformer(config, dtype=dtype, remat=remat, remat_policy=remat_policy, head=head,
+                        scan_layers="layers" in params,
+                        attention=attention, mesh=mesh)
     logits, _, hidden = model.apply({"params": params}, tokens, positions_from_mask(input_mask),
                                     causal_mask(input_mask))
     if not head:

@@ -16,8 +16,9 @@ Parallel modes ("parallel" in LearnerConfig), all giving the single-device resul
   single: one device.
   pmap:   data parallel; params replicated; each device sums its share of the loss, whose normalisers
           are global, and the gradients are psum'd (= pmean of per-device full-normaliser gradients).
-  fsdp:   jit over a 1-D Mesh; the batch is split over devices and every param / optimizer-state leaf
-          is sharded along its largest divisible dimension (ZeRO-3 style); XLA inserts the gathers.
+  fsdp:   jit over a Mesh; the batch is split over its "data" axis and every param / optimizer-state
+          leaf is sharded along its largest divisible dimension (ZeRO-3 style), and with tensor_parallel
+          > 1 along its heads / MLP / vocabulary dimension over a "tensor" axis; XLA inserts the collectives.
 `rl.parallel` compiles the update for a mode and puts the state and batch on its devices.
 """
 from __future__ import annotations
@@ -31,11 +32,12 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from exit_jax.models import transformer
+from exit_jax.models import flash, transformer
 from exit_jax.models.config import ModelConfig
 from exit_jax.rl import grpo
 
-AXIS = "data"  # the pmap axis name and the FSDP mesh axis
+AXIS = "data"  # the pmap axis name and the FSDP (and batch) mesh axis
+TENSOR = flash.TENSOR_AXIS  # the tensor-parallel mesh axis (LearnerConfig.tensor_parallel > 1)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 PARALLEL_MODES = ("single", "pmap", "fsdp")
 REQUIRED_KEYS = ("tokens", "input_mask", "completion_mask", "old_logprobs", "advantages")
@@ -73,12 +75,17 @@ class LearnerConfig:
     # much smaller than 2^-8 of a weight (lr 1e-6 is) rounds away: keep float32 master params then.
     param_dtype: str = "float32"
     remat: bool = False  # recompute each layer in the backward pass
+    remat_policy: str = "full"  # what a recomputed layer keeps: transformer.REMAT_POLICIES
     # The state holds the layers stacked and the forward scans them (transformer.stack_layers): compile
     # time and HLO size independent of depth. Off on CPU, where the scanned update ran 15% slower.
     scan_layers: bool = False
     # Completion tokens whose vocabulary logits exist at once (recomputed in the backward pass): the
     # float32 [rows, W, vocab] logits of a 152k-vocab model are 2.5 GB per 4 x 1,024 rows. 0: all W.
     vocab_chunk: int = 512
+    # Whole-sequence attention (models.flash): "auto" is jax's Pallas splash kernel on TPU (no float32
+    # [rows, heads, T, T] scores, most of a 7B update's memory at 4k tokens) and the dense path elsewhere;
+    # "dense" / "splash" force one ("splash" off TPU runs the kernel in Pallas' interpreter: slow).
+    attention: str = "auto"
     compute_entropy: bool = True  # an extra pass over the logits, for the entropy metric only
     # With kl_beta == 0 a row whose advantage is 0 (every row of a constant-reward group, and padding
     # rows) contributes exactly nothing to the loss or the gradient: gather the other rows into the
@@ -87,6 +94,9 @@ class LearnerConfig:
     # parallel="single" only (see _gradients).
     skip_zero_advantage: bool = True
     parallel: str = "single"
+    # parallel="fsdp": devices per tensor-parallel group (mesh axis "tensor"): attention heads, MLP
+    # columns and the vocabulary split over it, FSDP and the rows over the other axis ("data").
+    tensor_parallel: int = 1
 
     def __post_init__(self):
         for name, value, choices in (
@@ -94,14 +104,21 @@ class LearnerConfig:
                 ("aggregation", self.aggregation, grpo.AGGREGATIONS),
                 ("compute_dtype", self.compute_dtype, tuple(DTYPES)),
                 ("param_dtype", self.param_dtype, tuple(DTYPES)),
-                ("parallel", self.parallel, PARALLEL_MODES)):
+                ("parallel", self.parallel, PARALLEL_MODES),
+                ("attention", self.attention, flash.CHOICES),
+                ("remat_policy", self.remat_policy, tuple(transformer.REMAT_POLICIES))):
             if value not in choices:
                 raise ValueError(f"LearnerConfig.{name}={value!r}; expected one of {choices}.")
+        if self.tensor_parallel < 1 or (self.tensor_parallel > 1 and self.parallel != "fsdp"):
+            raise ValueError(f"LearnerConfig.tensor_parallel={self.tensor_parallel} needs parallel='fsdp' "
+                             "and must be >= 1.")
         for name in ("epochs", "ref_update_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"LearnerConfig.{name} must be >= 1; got {getattr(self, name)}.")
         if self.micro_batch_size < 0 or self.warmup_steps < 0 or self.vocab_chunk < 0:
             raise ValueError("LearnerConfig.micro_batch_size, warmup_steps and vocab_chunk must be >= 0.")
+        if not 0.0 < self.learning_rate < float("inf"):
+            raise ValueError(f"LearnerConfig.learning_rate={self.learning_rate} must be a finite number > 0.")
         if not 0.0 <= self.ref_alpha <= 1.0:
             raise ValueError(f"LearnerConfig.ref_alpha must lie in [0, 1]; got {self.ref_alpha}.")
         if self.temperature <= 0:
@@ -147,7 +164,8 @@ def init_state(params, cfg: LearnerConfig) -> TrainState:
 
 def token_logprobs(params, model_config: ModelConfig, tokens, input_mask, temperature: float = 1.0,
                    dtype=jnp.float32, remat: bool = False, with_entropy: bool = False,
-                   width: Optional[int] = None, vocab_chunk: int = 0):
+                   width: Optional[int] = None, vocab_chunk: int = 0, attention: str = "dense", mesh=None,
+                   remat_policy: str = "full"):
     """log softmax(logits / temperature) of each token given its prefix, as the sampler computes it.
 
     tokens int32 [B, L], input_mask bool [B, L] -> logp f32 [B, W] for the last W = `width` columns
@@ -156,14 +174,14 @@ def token_logprobs(params, model_config: ModelConfig, tokens, input_mask, temper
     scored token is predicted: with the completion as the last W of L columns this skips the prompt's
     share of the head, the largest single matmul of a small model (49k x 576 for SmolLM2). vocab_chunk
     > 0 projects that many columns at a time and recomputes them in the backward pass, so the [B, W, V]
-    logits never exist at once (same numbers).
+    logits never exist at once (same numbers). attention / mesh / remat_policy: see Transformer.
     """
     length = tokens.shape[1]
     width = length if width is None else width
     if not 0 < width <= length:
         raise ValueError(f"width={width} must lie in [1, {length}] (the batch length).")
     hidden = transformer.forward(params, model_config, tokens, input_mask, dtype=dtype, remat=remat,
-                                 head=False)
+                                 head=False, attention=attention, mesh=mesh, remat_policy=remat_policy)
     start = max(length - width, 1)  # first scored column; column 0 has no predictor
     hidden, targets = hidden[:, start - 1:length - 1], tokens[:, start:]
 
@@ -237,9 +255,11 @@ def _gradients(params, ref_params, batch, model_config, cfg, axis_name, num_shar
     n_micro = _num_micro(batch["tokens"].shape[0], cfg, num_shards)
     n_seq, n_tok, stats = _batch_stats(batch, cfg, axis_name)
     # completion_mask / old_logprobs may cover only the last W columns of tokens (see module doc).
+    platform = jax.default_backend() if mesh is None else mesh.devices.flat[0].platform
     fwd = functools.partial(token_logprobs, model_config=model_config, temperature=cfg.temperature,
-                            dtype=DTYPES[cfg.compute_dtype], remat=cfg.remat,
-                            width=batch["completion_mask"].shape[1], vocab_chunk=cfg.vocab_chunk)
+                            dtype=DTYPES[cfg.compute_dtype], remat=cfg.remat, remat_policy=cfg.remat_policy,
+                            width=batch["completion_mask"].shape[1], vocab_chunk=cfg.vocab_chunk,
+                            attention=flash.resolve(cfg.attention, platform), mesh=mesh)
 
     def loss_fn(p, mb):
         logp, entropy = fwd(p, tokens=mb["tokens"], input_mask=mb["input_mask"],
@@ -266,6 +286,10 @@ def _gradients(params, ref_params, batch, model_config, cfg, axis_name, num_shar
         sums["ratio_max"] = jnp.maximum(sums["ratio_max"], m["ratio_max"])
         return (grads, sums), None
 
+    # Differentiate with respect to the compute-dtype copy of the weights the layers cast anyway: the
+    # gradients are bit-identical (the cast's backward only widens them), but one micro-batch's gradient
+    # tree is then half the size (a 7B update's temporaries: 2.9x -> 2x its float32 params per device).
+    params = _compute_copy(params, DTYPES[cfg.compute_dtype])
     zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
     sums = {k: jnp.zeros((), jnp.float32) for k in grpo.SUM_METRICS}
     sums.update(ratio_min=jnp.array(jnp.inf), ratio_max=jnp.array(-jnp.inf))
@@ -301,8 +325,15 @@ def _gradients(params, ref_params, batch, model_config, cfg, axis_name, num_shar
         metrics |= {k: metrics[k] * scale for k in grpo.DIAGNOSTIC_METRICS}
     stats["trained_rows_frac"] = (_psum(jnp.sum(live), axis_name) / _psum(live.size, axis_name)
                                   if skip else jnp.ones((), jnp.float32))
-    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
     return grads, metrics | stats
+
+
+def _compute_copy(params, dtype):
+    """Matmul kernels, embeddings and biases in the compute dtype (flax's Dense and Embed cast them to it
+    before use); norm scales keep their dtype (Gemma's norm computes with them in float32)."""
+    def cast(path, x):
+        return x.astype(dtype) if getattr(path[-1], "key", None) in ("kernel", "embedding", "bias") else x
+    return jax.tree_util.tree_map_with_path(cast, params)
 
 
 def _live_rows(batch):
@@ -314,6 +345,7 @@ def _live_rows(batch):
 def _optimizer_step(state: TrainState, batch, model_config, cfg, axis_name, num_shards, mesh):
     grads, metrics = _gradients(state.params, state.ref_params, batch, model_config, cfg, axis_name,
                                 num_shards, mesh)
+    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
     # The global norm is finite iff every gradient entry is (an overflowing sum of squares counts as
     # non-finite too: clipping by it would be 0 * inf). One reduction, where a per-leaf isfinite
     # check unrolled into ~500k HLO ops and took most of the update's compile time.

@@ -13,33 +13,60 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from exit_jax.models import transformer
 from exit_jax.models.config import ModelConfig
-from exit_jax.rl.learner import (AXIS, OPTIONAL_KEYS, REQUIRED_KEYS, Batch, LearnerConfig, TrainState,
-                                 init_state, update_step)
+from exit_jax.rl.learner import (AXIS, OPTIONAL_KEYS, REQUIRED_KEYS, TENSOR, Batch, LearnerConfig,
+                                 TrainState, init_state, update_step)
 
 
-def make_mesh(devices=None) -> jax.sharding.Mesh:
-    """A 1-D mesh over `devices` (default: every device of every process; launch/compile.py passes a TPU
-    slice's abstract devices). Auto axes: classic GSPMD propagation."""
-    auto = (jax.sharding.AxisType.Auto,)
-    if devices is None:
-        return jax.make_mesh((jax.device_count(),), (AXIS,), axis_types=auto)
-    # Given devices are taken in their order: jax.make_mesh's topology-aware ordering refuses libtpu's
-    # description of a v4 slice (one device per TensorCore).
-    return jax.sharding.Mesh(np.asarray(devices), (AXIS,), axis_types=auto)
+def make_mesh(devices=None, tensor: int = 1) -> jax.sharding.Mesh:
+    """The device mesh of the learner and the sampler over `devices` (default: every device of every
+    process; launch/compile.py passes a TPU slice's abstract devices). tensor == 1: one axis "data" (FSDP
+    and rows). tensor > 1: axes ("data", "tensor"), consecutive devices forming a tensor-parallel group
+    (on a slice, neighbours on the interconnect). Auto axes: classic GSPMD propagation."""
+    devices = np.asarray(jax.devices() if devices is None else devices)
+    if tensor < 1 or devices.size % tensor:
+        raise ValueError(f"LearnerConfig.tensor_parallel={tensor} must divide the {devices.size} devices.")
+    auto = jax.sharding.AxisType.Auto
+    # Devices are taken in their given order: jax.make_mesh's topology-aware ordering refuses some of
+    # libtpu's compile-only slice descriptions (a v4 slice described per TensorCore).
+    if tensor == 1:
+        return jax.sharding.Mesh(devices, (AXIS,), axis_types=(auto,))
+    return jax.sharding.Mesh(devices.reshape(-1, tensor), (AXIS, TENSOR), axis_types=(auto, auto))
 
 
-def _fsdp_spec(shape, n: int) -> P:
-    """Shard the largest dimension that divides evenly over n devices; replicate small leaves."""
-    dims = sorted(range(len(shape)), key=lambda d: -shape[d])
-    for d in dims:
-        if shape[d] >= n and shape[d] % n == 0:
-            return P(*([None] * d + [AXIS]))
-    return P()
+# Megatron-style tensor parallelism: the dimension of each weight split over the "tensor" axis. Column-
+# parallel q/k/v/gate/up and the vocabulary head split their outputs (heads, MLP columns, vocabulary),
+# row-parallel o/down their inputs, so a layer needs one reduction of its output per block.
+_TENSOR_DIM = {"q": -1, "k": -1, "v": -1, "gate": -1, "up": -1, "lm_head": -1, "o": -2, "down": -2,
+               "embed": -2}
+
+
+def _spec(path, shape, mesh) -> P:
+    """A leaf's sharding: its tensor-parallel dimension over "tensor" (when the mesh has one and it
+    divides), then the largest other dimension that divides evenly over "data" (ZeRO-3 style); small
+    leaves are replicated."""
+    dims = [None] * len(shape)
+    tensor = mesh.shape.get(TENSOR, 1)
+    names = [getattr(k, "key", None) for k in path]
+    module = names[-2] if len(names) > 1 else None
+    if tensor > 1 and module in _TENSOR_DIM and names[-1] in ("kernel", "bias", "embedding"):
+        d = _TENSOR_DIM[module] % len(shape)
+        if shape[d] % tensor == 0:
+            dims[d] = TENSOR
+    n = mesh.shape[AXIS]
+    for d in sorted(range(len(shape)), key=lambda d: -shape[d]):
+        if dims[d] is None and shape[d] >= n and shape[d] % n == 0:
+            dims[d] = AXIS
+            break
+    while dims and dims[-1] is None:  # P("data") rather than P("data", None): the same layout, one spelling
+        dims.pop()
+    return P(*dims)
 
 
 def state_shardings(state, mesh):
-    """NamedSharding for every leaf of a state (works on arrays, tracers and ShapeDtypeStructs)."""
-    return jax.tree.map(lambda x: NamedSharding(mesh, _fsdp_spec(x.shape, mesh.size)), state)
+    """NamedSharding for every leaf of a state or params tree (arrays, tracers or ShapeDtypeStructs),
+    from its path (the weight it is, or the optimizer moment of) and shape."""
+    return jax.tree_util.tree_map_with_path(lambda path, x: NamedSharding(mesh, _spec(path, x.shape, mesh)),
+                                            state)
 
 
 def make_update(model_config: ModelConfig, cfg: LearnerConfig,
@@ -59,10 +86,10 @@ def make_update(model_config: ModelConfig, cfg: LearnerConfig,
             state, metrics = step(state, batch)
             return state, jax.tree.map(lambda x: x[0], metrics)  # metrics are identical per device
         return pmapped
-    mesh = make_mesh() if mesh is None else mesh
+    mesh = make_mesh(tensor=cfg.tensor_parallel) if mesh is None else mesh
 
     def fsdp(state, batch):
-        state, metrics = update_step(state, batch, model_config, cfg, num_shards=mesh.size, mesh=mesh)
+        state, metrics = update_step(state, batch, model_config, cfg, num_shards=mesh.shape[AXIS], mesh=mesh)
         return jax.lax.with_sharding_constraint(state, state_shardings(state, mesh)), metrics
     return jax.jit(fsdp, donate_argnums=0)
 
@@ -86,7 +113,7 @@ def place_state(state: TrainState, cfg: LearnerConfig, mesh=None) -> TrainState:
         local = NamedSharding(jax.sharding.Mesh(np.array(devices), (AXIS,)), P(AXIS))
         return jax.tree.map(lambda x: jax.device_put(
             np.broadcast_to(np.asarray(x), (len(devices),) + x.shape), local), state)
-    mesh = make_mesh() if mesh is None else mesh
+    mesh = make_mesh(tensor=cfg.tensor_parallel) if mesh is None else mesh
 
     def put(x, sharding):
         host = np.asarray(x)
@@ -120,7 +147,7 @@ def place_batch(batch: Batch, cfg: LearnerConfig, mesh=None) -> Batch:
         if rows % n:
             raise ValueError(f"batch of {rows} rows does not split over {n} local devices.")
         return jax.tree.map(lambda x: x.reshape((n, rows // n) + x.shape[1:]), batch)
-    sharding = NamedSharding(make_mesh() if mesh is None else mesh, P(AXIS))
+    sharding = NamedSharding(make_mesh(tensor=cfg.tensor_parallel) if mesh is None else mesh, P(AXIS))
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
 

@@ -27,7 +27,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from exit_jax.models.config import ModelConfig
-from exit_jax.models.transformer import Transformer, init_cache, positions_from_mask
+from exit_jax.models import flash
+from exit_jax.models.transformer import Transformer, causal_mask, init_cache, positions_from_mask, project
 from exit_jax.sampling.methods import Knobs, choose_tokens, make_knobs
 from exit_jax.sampling.output import SampleOutput
 
@@ -45,6 +46,7 @@ class SamplerSpec:
     data_axis: Optional[str] = None  # mesh axis the prompt batch is split over
     prefill_chunks: int = 1  # prompts prefilled in this many passes (long prompts: less temporary memory)
     decode_reduce: bool = True  # Transformer.decode_reduce: True on CPU
+    attention: str = "dense"  # Transformer.attention of the prefill (flash.resolve of the knob)
 
 
 @flax.struct.dataclass
@@ -65,11 +67,20 @@ class SamplingState:
 
 
 def _constrain(spec: SamplerSpec, tree):
-    """Keep every batch-leading array split over the data axis (no-op without a mesh)."""
+    """Keep every batch-leading array split over the data axis (no-op without a mesh), and the KV cache's
+    heads ([rows, Hkv, slots, D]) over the tensor axis when the mesh has one: each device then holds
+    and reads only its heads' keys and values, next to its shard of q/k/v/o."""
     if spec.mesh is None:
         return tree
-    sharding = NamedSharding(spec.mesh, PartitionSpec(spec.data_axis))
-    return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tree)
+    tensor = spec.mesh.shape.get(flash.TENSOR_AXIS, 1)
+    heads = flash.TENSOR_AXIS if tensor > 1 and spec.config.num_kv_heads % tensor == 0 else None
+
+    def put(path, x):
+        cache = heads is not None and bool(path) and getattr(path[-1], "key", None) in (
+            "k", "v", "prefix_k", "prefix_v")
+        spec_ = PartitionSpec(spec.data_axis, heads) if cache else PartitionSpec(spec.data_axis)
+        return jax.lax.with_sharding_constraint(x, NamedSharding(spec.mesh, spec_))
+    return jax.tree_util.tree_map_with_path(put, tree)
 
 
 def _is_stop(spec: SamplerSpec, tokens):
@@ -81,18 +92,12 @@ def _is_stop(spec: SamplerSpec, tokens):
 def _prompt_pass(spec: SamplerSpec, params, tokens, prompt_mask):
     """Prompts [P, L] -> float32 logits of their last token [P, 1, V] and the KV cache of their slots."""
     num_p, length = tokens.shape
-    model = Transformer(spec.config, dtype=spec.dtype, decode_reduce=spec.decode_reduce)
-    apply = lambda *a: model.apply({"params": params}, *a)  # noqa: E731
-    positions = positions_from_mask(prompt_mask)  # [P, L]
+    model = Transformer(spec.config, dtype=spec.dtype, head=False, decode_reduce=spec.decode_reduce,
+                        attention=spec.attention, mesh=spec.mesh)
     cache = init_cache(spec.config, num_p, length, spec.dtype)  # the prompt's slots only
-    if length > 1:
-        # All but the last prompt token: only the cache is kept, so XLA drops their vocab head.
-        causal = jnp.arange(length)[None, :] <= jnp.arange(length - 1)[:, None]  # [L-1, L]
-        _, cache, _ = apply(tokens[:, :-1], positions[:, :-1], causal[None] & prompt_mask[:, None],
-                            cache, 0)
-    logits, cache, _ = apply(tokens[:, -1:], positions[:, -1:], prompt_mask[:, None], cache,
-                             length - 1)
-    return logits, cache
+    _, cache, hidden = model.apply({"params": params}, tokens, positions_from_mask(prompt_mask),
+                                   causal_mask(prompt_mask), cache, 0)
+    return project(params, spec.config, hidden[:, -1:], spec.dtype), cache  # the vocab head: last token only
 
 
 def _prefill_impl(spec: SamplerSpec, params, tokens, prompt_mask, prompt_index, seed, knobs: Knobs):
@@ -194,7 +199,8 @@ class Sampler:
     def __init__(self, config: ModelConfig, *, num_samples: int, max_new_tokens: int,
                  eos_ids: Sequence[int], pad_id: int, stop_ids: Sequence[int] = (),
                  dtype: Any = jnp.float32, mesh: Optional[Mesh] = None,
-                 data_axis: Optional[str] = None, min_bucket: int = 32, prefill_chunks: int = 1):
+                 data_axis: Optional[str] = None, min_bucket: int = 32, prefill_chunks: int = 1,
+                 attention: str = "auto"):
         if num_samples < 1 or max_new_tokens < 1 or prefill_chunks < 1:
             raise ValueError(f"num_samples, max_new_tokens and prefill_chunks must be >= 1, got "
                              f"{num_samples}, {max_new_tokens} and {prefill_chunks}.")
@@ -205,7 +211,8 @@ class Sampler:
         stops = tuple(dict.fromkeys(int(i) for i in (*eos_ids, *stop_ids)))
         platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
         self.spec = SamplerSpec(config, int(num_samples), int(max_new_tokens), stops, int(pad_id),
-                                jnp.dtype(dtype), mesh, data_axis, int(prefill_chunks), platform == "cpu")
+                                jnp.dtype(dtype), mesh, data_axis, int(prefill_chunks), platform == "cpu",
+                                flash.resolve(attention, platform))
         self.min_bucket = int(min_bucket)
         # Built per instance from the module-level functions; jax shares traces between instances.
         self._prefill = jax.jit(_prefill_impl, static_argnums=0)

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from exit_jax.models import transformer
+from exit_jax.models import flash, transformer
 from exit_jax.models.config import ModelConfig
 from exit_jax.rl import learner as learner_lib, parallel
 from exit_jax.sampling import sampler as sampler_lib
@@ -48,6 +48,7 @@ class RunShape:
     model_dtype: str = "bfloat16"  # sampler params, compute and KV cache
     prefill_chunks: int = 1  # SamplingConfig.prefill_chunks
     prompts_per_call: int = 0  # SamplingConfig.prompts_per_call (0: all P in one sampler call)
+    attention: str = "auto"  # SamplingConfig.attention
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,8 +81,12 @@ def tpu_devices(topology: str, num_slices: int = 1) -> list:
     # Compiling never opens a TPU, so several processes (tests, a table's runs) may load libtpu at once.
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     name = chips.topology_name(topology)
+    # libtpu describes v4 per TensorCore unless asked for megacore, the mode JAX uses on v4 VMs (v5p's
+    # description is megacore already): one device per chip, as a run sees it.
+    megacore = {"chip_config_name": "megacore"} if name.startswith("v4:") else {}
     try:
-        desc = topologies.get_topology_desc(platform="tpu", topology_name=name, num_slices=num_slices)
+        desc = topologies.get_topology_desc(platform="tpu", topology_name=name, num_slices=num_slices,
+                                            **megacore)
     except Exception as e:  # libtpu missing or the name unknown to it
         raise RuntimeError(f"cannot describe TPU topology {name!r} ({type(e).__name__}: {e}); "
                            "install the compiler with pip install -e '.[tpu]'.") from None
@@ -190,7 +195,8 @@ def compile_sampler(config, cfg, shape: RunShape, mesh, resident: int) -> list[R
     sharded like the learner's (XLA gathers each layer's weights where it is used)."""
     dtype = jnp.dtype(shape.model_dtype)
     spec = sampler_lib.SamplerSpec(config, shape.group, shape.new_tokens, (0,), 0, dtype, mesh,
-                                   learner_lib.AXIS, shape.prefill_chunks, decode_reduce=False)
+                                   learner_lib.AXIS, shape.prefill_chunks, decode_reduce=False,
+                                   attention=flash.resolve(shape.attention, "tpu"))
     params = jax.eval_shape(functools.partial(transformer.init_params, config, param_dtype=dtype))
     params = _abstract(params, parallel.state_shardings(params, mesh))
     shards = mesh.shape[learner_lib.AXIS]
@@ -220,6 +226,6 @@ def compile_sampler(config, cfg, shape: RunShape, mesh, resident: int) -> list[R
 def compile_iteration(config: ModelConfig, cfg: learner_lib.LearnerConfig, shape: RunShape,
                       devices) -> list[Report]:
     """Every program of one iteration, for the given (abstract) devices."""
-    mesh = parallel.make_mesh(devices)
+    mesh = parallel.make_mesh(devices, tensor=cfg.tensor_parallel)
     resident = per_chip_bytes(abstract_state(config, cfg, mesh))
     return compile_sampler(config, cfg, shape, mesh, resident) + [compile_update(config, cfg, shape, mesh)]

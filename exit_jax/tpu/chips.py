@@ -14,10 +14,10 @@ GIB = 2 ** 30
 
 @dataclasses.dataclass(frozen=True)
 class Chip:
-    """Figures per jax device. libtpu describes a v4 slice with one device per TensorCore (a v4-8 is 8
-    devices), so v4 figures are half a chip's. hbm_bytes is what the TPU compiler lets a program use
-    (its "available HBM" when it refuses one), a little under the nominal capacity: 15.25 of a v4 core's
-    16 GiB, 15.75 of a v5e chip's 16 GiB, 95.74 GiB on a v5p chip, 31.25 of a v6e chip's 32 GiB."""
+    """Figures per jax device: one chip (v4 and v5p in megacore mode, as JAX runs them on a TPU VM: its
+    two TensorCores are one device). hbm_bytes is what the TPU compiler lets a program use (its
+    "available HBM" when it refuses one), a little under the nominal capacity: 30.75 of a v4 chip's 32
+    GiB, 15.75 of a v5e chip's 16 GiB, 95.74 GiB on a v5p chip, 31.25 of a v6e chip's 32 GiB."""
     name: str
     hbm_bytes: int
     bf16_flops: float  # peak
@@ -25,14 +25,15 @@ class Chip:
 
 
 CHIPS = {
-    "v4": Chip("v4 core", int(15.25 * GIB), 275e12 / 2, 1200e9 / 2),
+    "v4": Chip("v4", int(30.75 * GIB), 275e12, 1200e9),
     "v5e": Chip("v5e", int(15.75 * GIB), 197e12, 819e9),
     "v5p": Chip("v5p", int(95.74 * GIB), 459e12, 2765e9),
     "v6e": Chip("v6e", int(31.25 * GIB), 918e12, 1638e9),
 }
 
 # Accelerator types as Cloud TPU names them -> libtpu topology names. v4 and v5p count TensorCores
-# (two per chip), v5e and v6e count chips; a slice of more than 8 v5e/v6e chips (4 v4/v5p) spans hosts.
+# (two per chip: a v4-8 is 4 chips), v5e and v6e count chips; a slice of more than 8 v5e/v6e chips (4
+# v4/v5p) spans hosts.
 SLICES = {
     "v4-8": "v4:2x2x1", "v4-16": "v4:2x2x2", "v4-32": "v4:2x2x4",
     "v5p-8": "v5p:2x2x1", "v5p-16": "v5p:2x2x2", "v5p-32": "v5p:2x2x4",

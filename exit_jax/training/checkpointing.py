@@ -1,4 +1,4 @@
-"""Atomic, resumable training checkpoints with orbax.
+"""Atomic, verified, resumable training checkpoints with orbax.
 
 One checkpoint step holds:
   * `state`: the learner's TrainState pytree (params, optimizer state, reference params, step);
@@ -8,47 +8,143 @@ One checkpoint step holds:
 orbax writes each step into a temporary directory and renames it when complete, so a run killed at any
 moment (even SIGKILL mid-write) resumes from the last complete step. A checkpoint whose fingerprint
 differs from the current run (another model or config) is refused with a clear message.
+
+Verification. A state with a non-finite param or optimizer entry is never written. Once orbax has
+committed a step, a manifest (MANIFEST: every file's size and CRC-32) is written into it, last; that seals
+it. `restore_latest` tries the steps newest first and skips, with one log line naming the step, the file
+and the reason, any step whose files do not match its manifest, which cannot be read, or whose restored
+state is not finite; a skipped step is moved aside to `<directory>_rejected/` (never deleted) and the
+next older one is tried. A step without a manifest (written by an older version, or killed between
+orbax's commit and the seal) is accepted when it reads back finite. orbax keeps `max_to_keep` >= 2 steps
+and deletes the oldest only after committing a newer one, and steps are sealed before the next save
+starts, so the newest sealed step is never deleted to make room for an unsealed one.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
+import zlib
 from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+log = logging.getLogger(__name__)
+MANIFEST = "exit_jax_manifest.json"
+
 
 class CheckpointMismatchError(ValueError):
     pass
 
 
+def _crc32(path: str) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while block := f.read(1 << 24):
+            crc = zlib.crc32(block, crc)
+    return crc
+
+
+def _files(step_dir: str) -> dict:
+    """{relative path: [size, CRC-32]} of every file of a step (the manifest itself excluded)."""
+    out = {}
+    for root, _, names in os.walk(step_dir):
+        for name in names:
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, step_dir)
+            if rel != MANIFEST:
+                out[rel] = [os.path.getsize(path), _crc32(path)]
+    return out
+
+
+@jax.jit
+def _finite_leaves(tree):
+    return [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+
+
+def _non_finite(state) -> Optional[str]:
+    """The path of the first params / optimizer-state leaf holding a NaN or infinity, else None."""
+    tree = {"params": state.params, "opt_state": state.opt_state}
+    paths = [jax.tree_util.keystr(p) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+             if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return next((p for p, ok in zip(paths, _finite_leaves(tree)) if not bool(ok)), None)
+
+
 class Checkpointer:
     def __init__(self, directory: str, max_to_keep: Optional[int] = 3):
+        if max_to_keep is not None and max_to_keep < 2:
+            raise ValueError(f"RunConfig.keep_checkpoints={max_to_keep}: keep at least 2 (or None for all), "
+                             "so that the last verified checkpoint survives while the next one is written.")
         self.directory = os.path.abspath(directory)
+        self.rejected = self.directory + "_rejected"
         os.makedirs(self.directory, exist_ok=True)
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                                enable_async_checkpointing=True)
         self._manager = ocp.CheckpointManager(self.directory, options=options,
                                               item_names=("state", "host"))
+        self._unsealed: Optional[int] = None  # the step orbax may still be writing
 
     def latest_step(self) -> Optional[int]:
         return self._manager.latest_step()
 
+    def _seal(self) -> None:
+        """Waits for the background write, then records the committed step's manifest (atomically)."""
+        self._manager.wait_until_finished()
+        step, self._unsealed = self._unsealed, None
+        step_dir = os.path.join(self.directory, str(step))
+        if step is None or not os.path.isdir(step_dir):
+            return
+        files = _files(step_dir)
+        tmp = os.path.join(step_dir, MANIFEST + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump({"step": step, "files": files}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, os.path.join(step_dir, MANIFEST))
+
     def save(self, step: int, state: Any, host: dict) -> None:
-        """Starts writing `step` in the background and returns; the previous write is finished first.
+        """Starts writing `step` in the background and returns; the previous write is finished and
+        sealed first. A state with a non-finite entry is refused (the previous checkpoints stay).
 
         The next update donates (reuses) the state's buffers. On accelerators orbax's blocking phase
         copies them to the host; on CPU that "copy" can alias the very buffer being donated, so the
         write gets buffers of its own. The metrics of iterations after the last durable step are
         rewritten on resume (MetricsWriter truncates to the restored iteration): a kill loses nothing.
         """
-        self._manager.wait_until_finished()
+        self._seal()
+        bad = _non_finite(state)
+        if bad is not None:
+            raise ValueError(f"Refusing to checkpoint iteration {step}: {bad} is not finite; the checkpoints "
+                             f"in {self.directory} are kept as they are.")
         if jax.default_backend() == "cpu":
             state = jax.tree.map(jnp.copy, state)
         self._manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), host=ocp.args.JsonSave(host)))
+        self._unsealed = step
+
+    def verify_files(self, step: int) -> Optional[str]:
+        """Why `step`'s files do not match its manifest, or None (also None without a manifest)."""
+        step_dir = os.path.join(self.directory, str(step))
+        path = os.path.join(step_dir, MANIFEST)
+        if not os.path.exists(path):
+            return None
+        try:
+            with open(path) as f:
+                want = json.load(f)["files"]
+        except (OSError, ValueError, KeyError) as e:
+            return f"its manifest {path} is unreadable ({type(e).__name__})"
+        for rel, (size, crc) in sorted(want.items()):
+            file = os.path.join(step_dir, rel)
+            if not os.path.exists(file):
+                return f"{file} is missing"
+            if os.path.getsize(file) != size:
+                return f"{file} has {os.path.getsize(file)} bytes, {size} when written"
+            if _crc32(file) != crc:
+                return f"{file} does not match the checksum recorded when it was written"
+        return None
 
     def restore(self, step: int, abstract_state: Any, fingerprint: dict) -> tuple[Any, dict]:
         """Restores `step`. `abstract_state` gives the tree structure, shapes, dtypes and shardings."""
@@ -64,8 +160,39 @@ class Checkpointer:
             state=ocp.args.StandardRestore(target)))["state"]
         return state, host
 
+    def restore_latest(self, abstract_state: Any, fingerprint: dict) -> Optional[tuple[Any, dict, int]]:
+        """(state, host, step) of the newest step that verifies, or None when no step is left; every step
+        that fails is logged and moved aside (see the module doc)."""
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            problem = self.verify_files(step)
+            if problem is None:
+                try:
+                    state, host = self.restore(step, abstract_state, fingerprint)
+                except CheckpointMismatchError:
+                    raise
+                except Exception as e:  # truncated or garbled files: orbax / tensorstore / json errors
+                    first = (str(e).strip().splitlines() or [""])[0][:200]
+                    problem = f"it cannot be read ({type(e).__name__}: {first})"
+                else:
+                    bad = _non_finite(state)
+                    if bad is None:
+                        return state, host, step
+                    problem = f"{bad} is not finite"
+            self._set_aside(step, problem)
+        return None
+
+    def _set_aside(self, step: int, problem: str) -> None:
+        os.makedirs(self.rejected, exist_ok=True)
+        dest = os.path.join(self.rejected, str(step))
+        if os.path.exists(dest):  # the same step rejected before: keep both
+            dest += f".{len(os.listdir(self.rejected))}"
+        shutil.move(os.path.join(self.directory, str(step)), dest)
+        self._manager.reload()
+        log.warning("checkpoint of iteration %d skipped: %s; moved to %s, trying the previous one",
+                    step, problem, dest)
+
     def close(self) -> None:
-        self._manager.wait_until_finished()
+        self._seal()
         self._manager.close()
 
 

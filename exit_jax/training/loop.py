@@ -59,12 +59,22 @@ class RunConfig:
     # Stop early once this many completion tokens were sampled (0: no budget). Compares methods at equal
     # compute: ExIt's episodes differ in length from GRPO's, so equal iterations are not equal work.
     sampled_token_budget: int = 0
+    # Stop after this many consecutive iterations whose every optimizer step was skipped for a non-finite
+    # loss or gradient (0: never): nothing is learning, and the last checkpoint is kept as it is.
+    max_skipped_iterations: int = 3
     progress: bool = True
 
     def __post_init__(self):
+        if self.max_skipped_iterations < 0:
+            raise ValueError(f"RunConfig.max_skipped_iterations must be >= 0 (0: never stop); got "
+                             f"{self.max_skipped_iterations}.")
         if self.num_iterations < 0 or self.prompts_per_iteration < 1 or self.group_size < 2:
             raise ValueError("RunConfig needs num_iterations >= 0, prompts_per_iteration >= 1 and "
                              f"group_size >= 2 (GRPO compares samples); got {self}.")
+
+
+class NonFiniteUpdates(ValueError):
+    """RunConfig.max_skipped_iterations consecutive iterations trained nothing."""
 
 
 @dataclasses.dataclass
@@ -109,9 +119,10 @@ def resolve_workdir(workdir: str, domain: str, method: str) -> str:
     return os.path.abspath(os.path.expanduser(workdir.format(domain=domain, method=method)))
 
 
-def load_model(model: Any, domain: Domain, workdir: str, dtype: str = "float32"):
+def load_model(model: Any, domain: Domain, workdir: str, dtype: str = "float32", shardings=None):
     """`model` is a models.load source, "smoke" (tiny random model + tokenizer trained on the domain's
-    prompts), or an already loaded LM."""
+    prompts), or an already loaded LM. shardings: see models.load (a checkpoint's weights go straight
+    into their shards)."""
     if not isinstance(model, str):
         return model
     if model == "smoke":
@@ -120,7 +131,7 @@ def load_model(model: Any, domain: Domain, workdir: str, dtype: str = "float32")
         corpus = [m["content"] for t in domain.train_tasks[:512] for m in domain.make_env(t).reset()]
         corpus += [prompts.IMPROVE_TEMPLATE, prompts.DIVERGE_TEMPLATE]
         return smoke_lm(corpus, cache_dir=os.path.join(workdir, "smoke_tokenizer"))
-    return models.load(model, dtype=dtype)
+    return models.load(model, dtype=dtype, shardings=shardings)
 
 
 def _advantages(groups, episodes, curriculum: CurriculumConfig, embedder, normalize: str):
@@ -144,26 +155,33 @@ def train(run: RunConfig, model: Any, domain: Domain, curriculum: CurriculumConf
     run = dataclasses.replace(run, workdir=resolve_workdir(run.workdir, domain.name, curriculum.method))
     os.makedirs(run.workdir, exist_ok=True)
     learner = dataclasses.replace(learner, group_size=run.group_size)  # for the zero-variance metric
-    lm = load_model(model, domain, run.workdir, model_dtype)
-    if learner.temperature != sampling.temperature and sampling.temperature > 0:
+    mesh = parallel.make_mesh(tensor=learner.tensor_parallel) if learner.parallel == "fsdp" else None
+    # One process, FSDP: the checkpoint is read straight into the learner's shards, the state is built in
+    # its shards and restored into them, and the sampler splits the prompts over the same mesh, reading
+    # the sharded params in place. Otherwise the state is built here and placed below, and the sampler
+    # reads a host copy on each process's devices.
+    sharded = mesh is not None and jax.process_count() == 1
+    lm = load_model(model, domain, run.workdir, model_dtype,
+                    functools.partial(parallel.state_shardings, mesh=mesh) if sharded else None)
+    if sampling.temperature == 0:
+        raise ValueError("SamplingConfig.temperature=0 samples greedily: the G rollouts of a group are the same, "
+                         "so GRPO has no learning signal; train with a temperature > 0 (paper: 1.0).")
+    if learner.temperature != sampling.temperature:
         raise ValueError(f"LearnerConfig.temperature={learner.temperature} must equal the sampling "
                          f"temperature {sampling.temperature}: old and new log-probs must match.")
     fp = fingerprint(model=lm.config, domain=domain.name, curriculum=curriculum, learner=learner,
                      sampling=sampling, seed=run.seed, group_size=run.group_size,
                      prompts_per_iteration=run.prompts_per_iteration)
-    mesh = parallel.make_mesh() if learner.parallel == "fsdp" else None
-    # One process, FSDP: the state is built in its shards and restored into them, and the sampler splits
-    # the prompts over the same mesh, reading the sharded params in place. Otherwise the state is built
-    # here and placed below, and the sampler reads a host copy on each process's devices.
-    sharded = mesh is not None and jax.process_count() == 1
     if sharded:
         state = parallel.init_sharded(lm.params, learner, mesh)
+        lm = dataclasses.replace(lm, params=None)  # the state holds them now: no second copy on the devices
     else:
         state = learner_lib.init_state(lm.params, learner)
     ckpt = Checkpointer(os.path.join(run.workdir, "checkpoints"), run.keep_checkpoints)
     host = HostState(0, buffer.init(curriculum.capacity), np.random.default_rng(run.seed), frozenset())
-    if ckpt.latest_step() is not None:
-        state, host_json = ckpt.restore(ckpt.latest_step(), state, fp)
+    restored = ckpt.restore_latest(state, fp)  # the newest checkpoint that verifies (see checkpointing)
+    if restored is not None:
+        state, host_json, _ = restored
         host = HostState.from_json(host_json)
         log.info("resumed from iteration %d in %s", host.iteration, run.workdir)
     if not sharded:
@@ -177,13 +195,15 @@ def train(run: RunConfig, model: Any, domain: Domain, curriculum: CurriculumConf
     if curriculum.diversity_bonus:
         embedder = (embedders.PolicyHidden(policy) if run.embedder == "policy_hidden"
                     else embedders.make(run.embedder))
-    writer = MetricsWriter(run.workdir, resume_from_iteration=host.iteration)
+    resuming = host.iteration < run.num_iterations and not _budget_spent(run, host)
+    writer = MetricsWriter(run.workdir, resume_from_iteration=host.iteration if resuming else None)
     rows = run.prompts_per_iteration * run.group_size
     row_multiple = rows * (jax.local_device_count() if learner.parallel == "pmap" else 1)
     normalize = "none" if learner.aggregation == "dr_grpo" else "group"  # Dr. GRPO: no std scaling
     metrics: dict = {}
     progress = _progress(run, host.iteration)
     saved = host.iteration  # the iteration of the newest checkpoint (or the start)
+    skipped_in_a_row = 0
     with concurrent.futures.ThreadPoolExecutor(run.env_workers) as pool, _stop_requests() as stop:
         while host.iteration < run.num_iterations and not _budget_spent(run, host) and not stop.signal:
             it = host.iteration
@@ -200,6 +220,14 @@ def train(run: RunConfig, model: Any, domain: Domain, curriculum: CurriculumConf
             state, learn = update(state, parallel.place_batch(batch, learner, mesh))
             policy.params = sampling_params(state)
             learn = {f"learner/{k}": float(v) for k, v in jax.device_get(learn).items()}
+            skipped_in_a_row = skipped_in_a_row + 1 if learn["learner/skipped"] >= learner.epochs else 0
+            if run.max_skipped_iterations and skipped_in_a_row >= run.max_skipped_iterations:
+                writer.close()
+                ckpt.close()
+                raise NonFiniteUpdates(
+                    f"iterations {it - skipped_in_a_row + 2}-{it + 1} skipped every optimizer step (non-finite "
+                    f"loss or gradient): lower the learning rate (now {learner.learning_rate:g}) or check the "
+                    f"rewards and data; the checkpoints in {ckpt.directory} are untouched.")
             t3 = time.perf_counter()
             buf, scores = episodes_lib.update(buf, episodes, groups, curriculum, it)
             seen = stats.update_seen(host.seen, episodes)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Mapping
+from typing import Mapping, Optional
 
 import numpy as np
 
@@ -24,9 +24,12 @@ def _jsonable(value):
 
 
 class MetricsWriter:
-    def __init__(self, workdir: str, resume_from_iteration: int = 0, tensorboard: bool = True):
+    def __init__(self, workdir: str, resume_from_iteration: Optional[int] = 0, tensorboard: bool = True):
+        """resume_from_iteration: records from it on are dropped (they are rewritten by the resumed run);
+        None keeps them all (a run with nothing left to train, such as launch/eval.py, deletes nothing)."""
         self.path = os.path.join(workdir, "metrics.jsonl")
-        self._truncate(resume_from_iteration)
+        if resume_from_iteration is not None:
+            self._truncate(resume_from_iteration)
         self._file = open(self.path, "a", encoding="utf-8")
         self._tb = None
         if tensorboard:

@@ -37,6 +37,8 @@ class SamplingConfig:
     # Prompts per sampler call (0: all P at once): the decode's KV cache and state shrink to this many
     # groups, at some throughput; the draws do not change (row keys follow the prompt's index).
     prompts_per_call: int = 0
+    # The prefill's attention over the prompt (models.flash): "auto" is the Pallas splash kernel on TPU.
+    attention: str = "auto"
 
     def __post_init__(self):
         if self.max_new_tokens < 1 or self.max_prompt_tokens < 1 or self.prefill_chunks < 1:
@@ -65,7 +67,8 @@ class TextPolicy:
             self._samplers[num_samples] = Sampler(
                 self.lm.config, num_samples=num_samples, max_new_tokens=self.config.max_new_tokens,
                 eos_ids=tok.eos_ids, pad_id=tok.pad_id, dtype=self.lm.dtype, mesh=self.mesh,
-                min_bucket=self.config.min_bucket, prefill_chunks=self.config.prefill_chunks)
+                min_bucket=self.config.min_bucket, prefill_chunks=self.config.prefill_chunks,
+                attention=self.config.attention)
         return self._samplers[num_samples]
 
     def encode(self, messages: Sequence[dict]) -> tuple[list, bool]:

@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import logging
+import math
 from typing import Callable, Sequence
 
 from exit_jax.curriculum.episodes import Episode, Rollout, restore
 from exit_jax.envs.base import Env, StepResult, Task
 from exit_jax.training.policy import Completion, TextPolicy
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,12 +42,22 @@ class _Live:
 
 
 def _safe_step(env: Env, reply: str) -> StepResult:
-    """Environment bugs must not kill a run: an exception becomes reward 0 with its reason."""
+    """Environment bugs must not kill a run: an exception, or a reward that is not a finite number,
+    becomes reward 0 with its reason (logged with the task)."""
     try:
-        return env.step(reply)
+        result = env.step(reply)
     except Exception as e:  # noqa: BLE001 - untrusted model text reaches env code here
         return StepResult(messages=[], reward=0.0, done=True,
                           info={"reason": f"environment error: {type(e).__name__}: {e}"[:500]})
+    try:
+        finite = math.isfinite(result.reward)
+    except TypeError:
+        finite = False
+    if not finite:
+        log.warning("task %s: the environment returned reward %r; scored 0", env.task.id, result.reward)
+        result = dataclasses.replace(result, reward=0.0, info={
+            **result.info, "reason": f"environment returned a non-finite reward {result.reward!r}"[:500]})
+    return result
 
 
 def _rollout_record(live: _Live) -> Rollout:

@@ -58,8 +58,23 @@ def _data_dir():
     return importlib.resources.files(PACKAGE) / "data"
 
 
-def _read_jsonl(path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def _read_jsonl(path, keys: tuple = ()) -> list[dict]:
+    """The JSON objects of a JSON-lines file, each holding `keys`; a bad line is named with its number."""
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}, line {number}: not valid JSON ({e.msg}); reinstall bfcl-eval or fix "
+                             "that line.") from None
+        missing = [k for k in keys if not isinstance(record, dict) or k not in record]
+        if missing:
+            raise ValueError(f"{path}, line {number}: the entry lacks {', '.join(missing)}; reinstall "
+                             "bfcl-eval or fix that line.")
+        records.append(record)
+    return records
 
 
 def check_category(category: str) -> str:
@@ -73,8 +88,9 @@ def _load_category(category: str) -> tuple[tuple[dict, list], ...]:
     check_category(category)
     root = _data_dir()
     name = f"{_FILE_PREFIX}{category}.json"
-    entries = _read_jsonl(root / name)
-    answers = {a["id"]: a["ground_truth"] for a in _read_jsonl(root / "possible_answer" / name)}
+    entries = _read_jsonl(root / name, ("id", "question", "initial_config", "involved_classes"))
+    answers = {a["id"]: a["ground_truth"]
+               for a in _read_jsonl(root / "possible_answer" / name, ("id", "ground_truth"))}
     out = []
     for entry in entries:
         if entry["id"] not in answers:

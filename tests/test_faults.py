@@ -1,0 +1,125 @@
+"""Faults a long run meets: damaged checkpoints are skipped (never trained on, never deleted), a run that
+stops learning stops, and impossible settings are refused in one sentence."""
+import logging
+import os
+import shutil
+
+import jax.numpy as jnp
+import pytest
+
+from exit_jax.curriculum.config import preset
+from exit_jax.rl import learner as learner_lib
+from exit_jax.rl.learner import LearnerConfig
+from exit_jax.training import checkpointing, domains, loop
+from exit_jax.training.metrics import read_metrics
+from exit_jax.training.policy import SamplingConfig
+
+SAMPLING = SamplingConfig(max_new_tokens=16, max_prompt_tokens=512)
+LEARNER = LearnerConfig(learning_rate=1e-3, warmup_steps=0)
+VOLATILE = ("time/", "throughput/")
+
+
+@pytest.fixture(scope="module")
+def math_domain():
+    return domains.math(num_train=24, num_eval=4, levels=(1, 2))
+
+
+def _train(workdir, domain, learner=LEARNER, iterations=4, **run):
+    cfg = loop.RunConfig(workdir=str(workdir), num_iterations=iterations, prompts_per_iteration=2, group_size=4,
+                         checkpoint_every=2, keep_checkpoints=2, progress=False, **run)
+    return loop.train(cfg, "smoke", domain, preset("math", "grpo"), learner, SAMPLING)
+
+
+def _stable(workdir):
+    return [{k: v for k, v in r.items() if not k.startswith(VOLATILE)} for r in read_metrics(str(workdir))]
+
+
+def _largest_state_file(step_dir):
+    files = [os.path.join(r, n) for r, _, names in os.walk(os.path.join(step_dir, "state")) for n in names]
+    return max(files, key=os.path.getsize)
+
+
+def _host_file(step_dir):
+    files = [os.path.join(r, n) for r, _, names in os.walk(os.path.join(step_dir, "host")) for n in names]
+    return max(files, key=os.path.getsize)
+
+
+def _flip_bytes(path):
+    with open(path, "r+b") as f:
+        f.seek(os.path.getsize(path) // 2)
+        f.write(os.urandom(64))
+
+
+def _truncate(path):
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+
+
+DAMAGE = {  # what a disk, a copy or a person can do to the newest checkpoint
+    "random bytes in an array file": lambda step: _flip_bytes(_largest_state_file(step)),
+    "truncated array file": lambda step: _truncate(_largest_state_file(step)),
+    "deleted array file": lambda step: os.remove(_largest_state_file(step)),
+    "truncated host JSON": lambda step: _truncate(_host_file(step)),
+    "deleted manifest, then garbled host JSON": lambda step: (
+        os.remove(os.path.join(step, checkpointing.MANIFEST)), _flip_bytes(_host_file(step))),
+}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, math_domain):
+    ref = tmp_path_factory.mktemp("ref")
+    _train(ref, math_domain)
+    assert sorted(os.listdir(ref / "checkpoints")) == ["2", "4"]
+    assert os.path.exists(ref / "checkpoints" / "4" / checkpointing.MANIFEST)  # sealed when closed
+    return ref
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_a_damaged_newest_checkpoint_is_skipped_and_the_run_resumes_exactly(
+        tmp_path, math_domain, uninterrupted, damage, caplog):
+    work = tmp_path / "run"
+    shutil.copytree(uninterrupted, work)
+    DAMAGE[damage](str(work / "checkpoints" / "4"))
+    with caplog.at_level(logging.WARNING, logger="exit_jax.training.checkpointing"):
+        _train(work, math_domain, iterations=5)
+    warning = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(warning) == 1 and "iteration 4" in warning[0], warning
+    # Nothing is lost: the damaged step is set aside, the good one was restored and is still there.
+    assert os.listdir(work / "checkpoints_rejected") == ["4"]
+    assert sorted(os.listdir(work / "checkpoints"), key=int) == ["4", "5"]
+    # Iterations 3-4 were retrained from iteration 2's checkpoint: the first 4 match the clean run's.
+    assert _stable(work)[:4] == _stable(uninterrupted)
+
+
+def test_checkpoints_of_non_finite_states_are_refused_and_bad_settings_named(tmp_path, math_domain):
+    ckpt = checkpointing.Checkpointer(str(tmp_path / "c"), max_to_keep=2)
+    params = {"w": jnp.ones((3,))}
+    state = learner_lib.init_state(params, LEARNER)
+    ckpt.save(1, state, {"iteration": 1})
+    bad = state._replace(params={"w": jnp.array([1.0, jnp.nan, 1.0])})
+    with pytest.raises(ValueError, match=r"Refusing to checkpoint iteration 2: \['params'\]\['w'\] is not finite"):
+        ckpt.save(2, bad, {"iteration": 2})
+    ckpt.close()
+    assert os.listdir(tmp_path / "c") == ["1"]
+    with pytest.raises(ValueError, match="keep at least 2"):
+        checkpointing.Checkpointer(str(tmp_path / "d"), max_to_keep=1)
+    with pytest.raises(ValueError, match="learning_rate=inf must be a finite number"):
+        LearnerConfig(learning_rate=float("1e999"))
+    for kappa in (0.0, -1.0, float("inf")):
+        with pytest.raises(ValueError, match="kappa must be a finite number > 0"):
+            preset("math", "exit", overrides={"kappa": kappa})
+    run = loop.RunConfig(workdir=str(tmp_path / "greedy"), num_iterations=1, prompts_per_iteration=2, group_size=4)
+    with pytest.raises(ValueError, match="temperature=0 samples greedily"):
+        loop.train(run, "smoke", math_domain, preset("math", "grpo"), LEARNER,
+                   SamplingConfig(max_new_tokens=16, temperature=0.0))
+
+
+def test_a_run_whose_updates_are_all_skipped_stops_with_one_sentence(tmp_path, math_domain):
+    """lr 1e30 with weight decay: the first step scales the params by ~-1e29, every later forward pass
+    overflows and its step is skipped (a KL term keeps every row in the loss)."""
+    learner = LearnerConfig(learning_rate=1e30, weight_decay=0.1, kl_beta=0.01, warmup_steps=0)
+    with pytest.raises(loop.NonFiniteUpdates, match=r"iterations 2-3 skipped every optimizer step .* "
+                                                    r"lower the learning rate \(now 1e\+30\)"):
+        _train(tmp_path, math_domain, learner, iterations=6, max_skipped_iterations=2)
+    assert len(read_metrics(str(tmp_path))) == 2  # the iterations before it were logged
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
