@@ -3,6 +3,7 @@ stops learning stops, and impossible settings are refused in one sentence."""
 import logging
 import os
 import shutil
+import subprocess
 
 import jax.numpy as jnp
 import pytest
@@ -13,10 +14,7 @@ from exit_jax.rl.learner import LearnerConfig
 from exit_jax.training import checkpointing, domains, loop
 from exit_jax.training.metrics import read_metrics
 from exit_jax.training.policy import SamplingConfig
-
-SAMPLING = SamplingConfig(max_new_tokens=16, max_prompt_tokens=512)
-LEARNER = LearnerConfig(learning_rate=1e-3, warmup_steps=0)
-VOLATILE = ("time/", "throughput/")
+from test_training import SMOKE_LEARNER as LEARNER, SMOKE_SAMPLING as SAMPLING, _stable as _stable_records
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +29,7 @@ def _train(workdir, domain, learner=LEARNER, iterations=4, **run):
 
 
 def _stable(workdir):
-    return [{k: v for k, v in r.items() if not k.startswith(VOLATILE)} for r in read_metrics(str(workdir))]
+    return _stable_records(read_metrics(str(workdir)))
 
 
 def _largest_state_file(step_dir):
@@ -123,3 +121,20 @@ def test_a_run_whose_updates_are_all_skipped_stops_with_one_sentence(tmp_path, m
         _train(tmp_path, math_domain, learner, iterations=6, max_skipped_iterations=2)
     assert len(read_metrics(str(tmp_path))) == 2  # the iterations before it were logged
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
+
+
+def test_a_full_disk_stops_the_run_with_one_sentence(tmp_path, math_domain):
+    """WORKDIR on a 400 kB tmpfs: the first checkpoint (~1 MB) cannot be written; the run stops within the
+    next iteration with one sentence naming the iteration and the directory (not one save later)."""
+    small = tmp_path / "small"
+    small.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(small)], capture_output=True)
+    if mount.returncode:
+        pytest.skip("cannot mount a size-limited tmpfs here (needs root and mount rights)")
+    try:
+        with pytest.raises(checkpointing.CheckpointWriteError,
+                           match=r"writing the checkpoint of iteration 2 to .*/checkpoints failed .*rerun"):
+            _train(small / "run", math_domain, iterations=8)
+        assert 2 <= len(read_metrics(str(small / "run"))) <= 4
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=True)

@@ -75,6 +75,18 @@ def test_load_jsonl_and_parquet(tmp_path):
     assert [t.data["answer"] for t in load_jsonl_or_parquet(str(pq))] == ["5", "3.5", "3"]
 
 
+def test_the_math_domain_trains_and_evaluates_on_a_users_files(tmp_path, grader):
+    """domains.math(train_file=..., eval_file=...), the gin path --gin.domains.math.train_file=...: the
+    records become tasks that environments can grade."""
+    from exit_jax.training import domains
+    path = _write_jsonl(tmp_path / "mine.jsonl", RECORDS)
+    domain = domains.math(num_train=2, num_eval=3, train_file=path, eval_file=path)
+    assert [t.id for t in domain.train_tasks] == ["mine/0", "mine/1"] and len(domain.eval_tasks) == 3
+    env = MathEnv(domain.train_tasks[0], grader=grader)
+    env.reset()
+    assert env.step("\\boxed{5}").reward == 1.0
+
+
 def test_load_errors_are_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_jsonl_or_parquet(str(tmp_path / "missing.jsonl"))

@@ -147,3 +147,18 @@ def test_bad_arguments_fail_clearly(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a directory"):
         sandbox.run_python("pass", data_dir=str(tmp_path / "missing"),
                            config=sandbox.SandboxConfig(backend="unsafe_subprocess"))
+
+
+def test_directories_of_killed_runs_are_swept(tmp_path):
+    """A trainer killed with SIGKILL leaves its sandbox's host directories; the next run removes those
+    whose owner is gone, and never a live process's."""
+    import subprocess
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f"{sandbox.ROOT_PREFIX}{dead.pid}_abc"
+    live = tmp_path / f"{sandbox.ROOT_PREFIX}{os.getppid()}_def"
+    other = tmp_path / "exit_jax_sbx_notapid"
+    for d in (stale, live, other):
+        (d / "jobs").mkdir(parents=True)
+    assert sandbox.sweep_stale_roots(str(tmp_path)) == [stale.name]
+    assert not stale.exists() and live.exists() and other.exists()

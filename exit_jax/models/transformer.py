@@ -35,7 +35,7 @@ from exit_jax.models.config import ModelConfig
 Cache = dict
 # What a rematerialised block keeps from its forward pass for the backward (Transformer.remat_policy):
 # "full" keeps only its input and recomputes the rest; "dots" also keeps every matmul output (more
-# memory, ~1/3 less recomputation); "dots_no_batch" keeps the weight matmuls' outputs, not attention's.
+# memory, less recomputation); "dots_no_batch" keeps the weight matmuls' outputs, not attention's.
 REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_saveable,
                   "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 

@@ -40,6 +40,10 @@ class CheckpointMismatchError(ValueError):
     pass
 
 
+class CheckpointWriteError(ValueError):
+    """A checkpoint could not be written (e.g. the disk is full); the ones before it are intact."""
+
+
 def _crc32(path: str) -> int:
     crc = 0
     with open(path, "rb") as f:
@@ -90,9 +94,27 @@ class Checkpointer:
     def latest_step(self) -> Optional[int]:
         return self._manager.latest_step()
 
+    def _write_failed(self, step, error: BaseException) -> CheckpointWriteError:
+        first = (str(error).strip().splitlines() or [""])[0][:200]
+        return CheckpointWriteError(
+            f"writing the checkpoint of iteration {step} to {self.directory} failed ({type(error).__name__}: "
+            f"{first}); free space or fix that directory and rerun the same command: the checkpoints before "
+            "it are intact.")
+
+    def poll(self) -> None:
+        """Raises CheckpointWriteError if the background write has failed (called once per iteration, so
+        a full disk is reported at once, not one save later)."""
+        try:
+            self._manager.check_for_errors()
+        except Exception as e:  # noqa: BLE001 - whatever the writer thread raised
+            raise self._write_failed(self._unsealed, e) from None
+
     def _seal(self) -> None:
         """Waits for the background write, then records the committed step's manifest (atomically)."""
-        self._manager.wait_until_finished()
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            raise self._write_failed(self._unsealed, e) from None
         step, self._unsealed = self._unsealed, None
         step_dir = os.path.join(self.directory, str(step))
         if step is None or not os.path.isdir(step_dir):
@@ -121,9 +143,12 @@ class Checkpointer:
                              f"in {self.directory} are kept as they are.")
         if jax.default_backend() == "cpu":
             state = jax.tree.map(jnp.copy, state)
-        self._manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), host=ocp.args.JsonSave(host)))
         self._unsealed = step
+        try:
+            self._manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), host=ocp.args.JsonSave(host)))
+        except OSError as e:  # the synchronous part (directories, small files) on a full disk
+            raise self._write_failed(step, e) from None
 
     def verify_files(self, step: int) -> Optional[str]:
         """Why `step`'s files do not match its manifest, or None (also None without a manifest)."""

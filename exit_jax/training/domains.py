@@ -39,11 +39,11 @@ def math(num_train: int = 1280, num_eval: int = 64, families: Optional[Sequence[
     from exit_jax.envs import math as math_env
     families = tuple(families) if families is not None else tuple(math_env.FAMILIES)
     if train_file:
-        train = math_env.load_records(train_file)[:num_train]
+        train = math_env.load_jsonl_or_parquet(train_file)[:num_train]
     else:
         train = math_env.math_tasks("train", num_train, families=families, levels=levels, seed=seed)
     if eval_file:
-        held_out = math_env.load_records(eval_file)[:num_eval]
+        held_out = math_env.load_jsonl_or_parquet(eval_file)[:num_eval]
     else:
         held_out = math_env.math_tasks("test", num_eval, families=families, levels=levels, seed=seed)
     make_env = functools.partial(math_env.MathEnv, system_prompt=system_prompt)

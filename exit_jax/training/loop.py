@@ -32,7 +32,7 @@ from exit_jax.curriculum import buffer, diversity, embedders, episodes as episod
 from exit_jax.curriculum.config import CurriculumConfig
 from exit_jax.rl import grpo, learner as learner_lib, parallel
 from exit_jax.training import batch as batch_lib
-from exit_jax.training.checkpointing import Checkpointer, fingerprint
+from exit_jax.training.checkpointing import Checkpointer, CheckpointWriteError, fingerprint
 from exit_jax.training.domains import Domain
 from exit_jax.training.metrics import MetricsWriter
 from exit_jax.training.policy import SamplingConfig, TextPolicy
@@ -155,6 +155,12 @@ def train(run: RunConfig, model: Any, domain: Domain, curriculum: CurriculumConf
     run = dataclasses.replace(run, workdir=resolve_workdir(run.workdir, domain.name, curriculum.method))
     os.makedirs(run.workdir, exist_ok=True)
     learner = dataclasses.replace(learner, group_size=run.group_size)  # for the zero-variance metric
+    if sampling.temperature == 0:
+        raise ValueError("SamplingConfig.temperature=0 samples greedily: the G rollouts of a group are the same, "
+                         "so GRPO has no learning signal; train with a temperature > 0 (paper: 1.0).")
+    if learner.temperature != sampling.temperature:
+        raise ValueError(f"LearnerConfig.temperature={learner.temperature} must equal the sampling "
+                         f"temperature {sampling.temperature}: old and new log-probs must match.")
     mesh = parallel.make_mesh(tensor=learner.tensor_parallel) if learner.parallel == "fsdp" else None
     # One process, FSDP: the checkpoint is read straight into the learner's shards, the state is built in
     # its shards and restored into them, and the sampler splits the prompts over the same mesh, reading
@@ -163,12 +169,6 @@ def train(run: RunConfig, model: Any, domain: Domain, curriculum: CurriculumConf
     sharded = mesh is not None and jax.process_count() == 1
     lm = load_model(model, domain, run.workdir, model_dtype,
                     functools.partial(parallel.state_shardings, mesh=mesh) if sharded else None)
-    if sampling.temperature == 0:
-        raise ValueError("SamplingConfig.temperature=0 samples greedily: the G rollouts of a group are the same, "
-                         "so GRPO has no learning signal; train with a temperature > 0 (paper: 1.0).")
-    if learner.temperature != sampling.temperature:
-        raise ValueError(f"LearnerConfig.temperature={learner.temperature} must equal the sampling "
-                         f"temperature {sampling.temperature}: old and new log-probs must match.")
     fp = fingerprint(model=lm.config, domain=domain.name, curriculum=curriculum, learner=learner,
                      sampling=sampling, seed=run.seed, group_size=run.group_size,
                      prompts_per_iteration=run.prompts_per_iteration)
@@ -207,6 +207,11 @@ def train(run: RunConfig, model: Any, domain: Domain, curriculum: CurriculumConf
     with concurrent.futures.ThreadPoolExecutor(run.env_workers) as pool, _stop_requests() as stop:
         while host.iteration < run.num_iterations and not _budget_spent(run, host) and not stop.signal:
             it = host.iteration
+            try:
+                ckpt.poll()  # a failed background write (a full disk) stops the run now, not one save later
+            except CheckpointWriteError:
+                writer.close()
+                raise
             t0 = time.perf_counter()
             buf, episodes = episodes_lib.plan(host.buffer, host.rng, domain.train_tasks, domain.make_env,
                                               curriculum, run.prompts_per_iteration, iteration=it)

@@ -115,6 +115,33 @@ def resolve_backend(cfg: SandboxConfig) -> str:
 # ------------------------------------------------------------------------------------------- worker
 
 
+ROOT_PREFIX = "exit_jax_sbx_"
+
+
+def sweep_stale_roots(tmp_dir: str | None = None) -> list:
+    """Removes the host-side directories of sandboxes whose owning process is gone (a trainer killed with
+    SIGKILL cannot clean up after itself); returns what was removed. Roots are named by the owner's pid."""
+    tmp_dir = tmp_dir or tempfile.gettempdir()
+    removed = []
+    for name in os.listdir(tmp_dir):
+        pid = name[len(ROOT_PREFIX):].partition("_")[0]
+        if not (name.startswith(ROOT_PREFIX) and pid.isdigit()) or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # the owner is alive
+        except ProcessLookupError:
+            pass
+        except PermissionError:  # alive, another user's
+            continue
+        shutil.rmtree(os.path.join(tmp_dir, name), ignore_errors=True)
+        removed.append(name)
+    return removed
+
+
+_swept = False
+
+
 class _Worker:
     """One supervisor process (warm: many jobs; cold: `once`) and its host-side directories."""
 
@@ -123,7 +150,12 @@ class _Worker:
             raise FileNotFoundError(f"data_dir {data_dir!r} is not a directory.")
         self.cfg, self.warm = cfg, warm
         self.backend = resolve_backend(cfg)
-        self.root = tempfile.mkdtemp(prefix="exit_jax_sbx_")
+        global _swept
+        if not _swept:  # once per process: what killed runs left behind
+            _swept = True
+            if sweep_stale_roots():
+                log.info("removed sandbox directories left by killed runs")
+        self.root = tempfile.mkdtemp(prefix=f"{ROOT_PREFIX}{os.getpid()}_")
         os.chmod(self.root, 0o711)  # the unsafe back end's job uid must traverse it to its work dir
         self.jobs, self.tmp = os.path.join(self.root, "jobs"), os.path.join(self.root, "tmp")
         os.mkdir(self.jobs, 0o711)  # traversable, not listable, by the job's uid
