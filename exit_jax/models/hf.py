@@ -141,14 +141,15 @@ def _target(name: str, config: ModelConfig) -> Optional[tuple]:
     return "unexpected"
 
 
-def _init_params(config: ModelConfig):
+def _abstract_params(config: ModelConfig):
+    """The parameter tree for `config` as ShapeDtypeStructs, without allocating it."""
     from exit_jax.models.transformer import init_params
-    return init_params(config)
+    return jax.eval_shape(lambda: init_params(config))
 
 
-def expected_shapes(config: ModelConfig) -> dict:
-    """{path tuple: shape} of the parameter tree for `config`, without allocating it."""
-    tree = jax.eval_shape(lambda: _init_params(config))
+def expected_shapes(config: ModelConfig, tree=None) -> dict:
+    """{path tuple: shape} of the parameter tree for `config` (or of its abstract `tree`)."""
+    tree = _abstract_params(config) if tree is None else tree
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
     return {tuple(k.key for k in path): tuple(leaf.shape) for path, leaf in flat}
 
@@ -160,10 +161,10 @@ def params_from_hf(tensors: Iterable[tuple], config: ModelConfig, dtype, where: 
     shardings: abstract params tree -> tree of jax Shardings (e.g. the learner's FSDP layout): each
     tensor then goes straight into its shards on their devices as it is read, and the host holds one
     tensor at a time; without it, each lands whole on the default device."""
-    shapes = expected_shapes(config)
+    abstract = _abstract_params(config)
+    shapes = expected_shapes(config, abstract)
     placement = {}
     if shardings is not None:
-        abstract = jax.eval_shape(lambda: _init_params(config))
         flat_shardings = jax.tree_util.tree_flatten_with_path(shardings(abstract))[0]
         placement = {tuple(k.key for k in path): sharding for path, sharding in flat_shardings}
     flat = {}

@@ -44,6 +44,10 @@ class CheckpointWriteError(ValueError):
     """A checkpoint could not be written (e.g. the disk is full); the ones before it are intact."""
 
 
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [""])[0][:200]
+
+
 def _crc32(path: str) -> int:
     crc = 0
     with open(path, "rb") as f:
@@ -95,11 +99,10 @@ class Checkpointer:
         return self._manager.latest_step()
 
     def _write_failed(self, step, error: BaseException) -> CheckpointWriteError:
-        first = (str(error).strip().splitlines() or [""])[0][:200]
         return CheckpointWriteError(
             f"writing the checkpoint of iteration {step} to {self.directory} failed ({type(error).__name__}: "
-            f"{first}); free space or fix that directory and rerun the same command: the checkpoints before "
-            "it are intact.")
+            f"{_first_line(error)}); free space or fix that directory and rerun the same command: the "
+            "checkpoints before it are intact.")
 
     def poll(self) -> None:
         """Raises CheckpointWriteError if the background write has failed (called once per iteration, so
@@ -196,8 +199,7 @@ class Checkpointer:
                 except CheckpointMismatchError:
                     raise
                 except Exception as e:  # truncated or garbled files: orbax / tensorstore / json errors
-                    first = (str(e).strip().splitlines() or [""])[0][:200]
-                    problem = f"it cannot be read ({type(e).__name__}: {first})"
+                    problem = f"it cannot be read ({type(e).__name__}: {_first_line(e)})"
                 else:
                     bad = _non_finite(state)
                     if bad is None:
