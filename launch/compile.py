@@ -72,6 +72,7 @@ def main(argv):
         if cfg.parallel != "fsdp":
             raise ValueError(f"LearnerConfig.parallel={cfg.parallel!r}: a TPU slice runs the 'fsdp' learner "
                              "(the model gins under gin/models/ set it).")
+        cfg = aot.planned(config, cfg, shape, len(devices) // cfg.tensor_parallel, chip.hbm_bytes)
         reports = aot.compile_iteration(config, cfg, shape, devices)
     except (ValueError, RuntimeError) as e:
         raise gin_cli.ConfigError(str(e).strip().splitlines()[0]) from None

@@ -12,6 +12,13 @@ The kernel compiles for TPUs (also ahead of time on a CPU host, launch/compile.p
 Pallas' interpreter (`interpret=True`): exact but slow, for tests that hold it against the dense path.
 Under a device mesh the kernel is applied per device with `shard_map` (XLA cannot partition a Pallas
 call): rows split over the mesh's batch axes, heads over its "tensor" axis when it has one.
+
+Off TPU, `blockwise_attention` does the same job in plain JAX: query blocks under `lax.scan`, each against
+all keys, with a hand-written backward pass that recomputes a block's scores from q, k, v and the saved
+log-sum-exp. Rematerialisation cannot do this on XLA:CPU: its pipeline drops jax.checkpoint's optimisation
+barriers and common-subexpression elimination merges the recomputed scores back into the forward pass
+(measured: a checkpointed 8-layer update keeps every layer's [T, T] scores alive), while a loop body is
+never merged with another. At 3k-token MLE rows that is 30 layers x 340 MB of scores per row, gone.
 """
 from __future__ import annotations
 
@@ -70,14 +77,94 @@ def causal_attention(q, k, v, valid, mesh: Optional[jax.sharding.Mesh] = None, i
     return fn(q, k, v, segments)
 
 
-CHOICES = ("auto", "dense", "splash")  # the gin knobs' values (LearnerConfig / SamplingConfig.attention)
+BLOCK = 512  # query rows per step of blockwise_attention; shorter sequences take the dense path
+_MASKED = jnp.finfo(jnp.float32).min  # the dense path's masked score: same softmax, rows never NaN
+
+
+def _block_scores(qb, k, valid, first):
+    """float32 scores [B, Hkv, G, Q, T] of the query block starting at row `first`, masked causal & valid."""
+    s = jnp.einsum("bkgqd,bksd->bkgqs", qb, k, preferred_element_type=jnp.float32)
+    rows = first + jnp.arange(qb.shape[3])
+    keep = (jnp.arange(k.shape[2])[None, :] <= rows[:, None])[None] & valid[:, None, :]  # [B, Q, T]
+    return jnp.where(keep[:, None, None], s, _MASKED)
+
+
+def _blocks(x, n):  # [B, Hkv, G, T, D] -> [n, B, Hkv, G, T / n, D] (the scan's leading axis)
+    return jnp.moveaxis(x.reshape(x.shape[:3] + (n, x.shape[3] // n) + x.shape[4:]), 3, 0)
+
+
+def _unblocks(x):  # the inverse of _blocks
+    x = jnp.moveaxis(x, 0, 3)
+    return x.reshape(x.shape[:3] + (-1,) + x.shape[5:])
+
+
+def _blockwise_fwd(q, k, v, valid):
+    n = q.shape[3] // BLOCK
+
+    def step(_, xs):
+        qb, first = xs
+        s = _block_scores(qb, k, valid, first)
+        m = jnp.max(s, axis=-1, keepdims=True)
+        p = jnp.exp(s - m)
+        total = jnp.sum(p, axis=-1, keepdims=True)
+        out = jnp.einsum("bkgqs,bksd->bkgqd", (p / total).astype(v.dtype), v)
+        return None, (out, (m + jnp.log(total))[..., 0])
+
+    _, (out, lse) = jax.lax.scan(step, None, (_blocks(q, n), jnp.arange(n) * BLOCK))
+    out = _unblocks(out)
+    return out, (q, k, v, valid, out, _unblocks(lse[..., None])[..., 0])
+
+
+def _blockwise_bwd(res, dout):
+    q, k, v, valid, out, lse = res
+    n = q.shape[3] // BLOCK
+    # softmax backward: ds = p * (dp - sum(dout * out)) per query row
+    delta = jnp.sum(dout.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)
+
+    def step(carry, xs):
+        dk, dv = carry
+        qb, dob, lseb, deltab, first = xs
+        p = jnp.exp(_block_scores(qb, k, valid, first) - lseb[..., None])
+        dv = dv + jnp.einsum("bkgqs,bkgqd->bksd", p, dob.astype(jnp.float32))
+        dp = jnp.einsum("bkgqd,bksd->bkgqs", dob, v, preferred_element_type=jnp.float32)
+        ds = p * (dp - deltab[..., None])
+        dq = jnp.einsum("bkgqs,bksd->bkgqd", ds.astype(q.dtype), k)
+        dk = dk + jnp.einsum("bkgqs,bkgqd->bksd", ds, qb.astype(jnp.float32))
+        return (dk, dv), dq
+
+    zeros = jnp.zeros(k.shape, jnp.float32)
+    xs = (_blocks(q, n), _blocks(dout, n), _blocks(lse[..., None], n)[..., 0],
+          _blocks(delta[..., None], n)[..., 0], jnp.arange(n) * BLOCK)
+    (dk, dv), dq = jax.lax.scan(step, (zeros, zeros), xs)
+    return _unblocks(dq), dk.astype(k.dtype), dv.astype(v.dtype), None
+
+
+_blockwise = jax.custom_vjp(lambda q, k, v, valid: _blockwise_fwd(q, k, v, valid)[0])
+_blockwise.defvjp(_blockwise_fwd, _blockwise_bwd)
+
+
+def blockwise_attention(q, k, v, valid):
+    """The dense path's causal attention without its [T, T] scores: q [B, Hkv, G, T, D] (scaled), k / v
+    [B, Hkv, T, D], valid bool [B, T] (real tokens, as keys) -> [B, Hkv, G, T, D] in v's dtype. Memory:
+    one block's [B, H, BLOCK, T] scores at a time, forward and backward (module doc)."""
+    length = q.shape[3]
+    pad = -length % BLOCK  # padded rows come last: causality and their invalid keys hide them
+    if pad:
+        q = jnp.pad(q, ((0, 0),) * 3 + ((0, pad), (0, 0)))
+        k, v = (jnp.pad(x, ((0, 0), (0, 0), (0, pad), (0, 0))) for x in (k, v))
+        valid = jnp.pad(valid, ((0, 0), (0, pad)))
+    return _blockwise(q, k, v, valid)[:, :, :, :length]
+
+
+CHOICES = ("auto", "dense", "splash", "blockwise")  # the gin knobs' values (LearnerConfig / SamplingConfig.attention)
 
 
 def resolve(requested: str, platform: str) -> str:
     """A knob's value -> the Transformer's `attention` for a program compiled for `platform`: "auto" is
-    the kernel on TPU and the dense path elsewhere; "splash" off TPU is the (slow, exact) interpreter."""
+    the kernel on TPU and blockwise_attention elsewhere (which takes the dense path up to BLOCK tokens);
+    "splash" off TPU is the (slow, exact) interpreter."""
     if requested not in CHOICES:
         raise ValueError(f"attention={requested!r}; expected one of {CHOICES}.")
     if requested == "auto":
-        return "splash" if platform == "tpu" else "dense"
+        return "splash" if platform == "tpu" else "blockwise"
     return "splash_interpret" if requested == "splash" and platform != "tpu" else requested

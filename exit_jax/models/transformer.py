@@ -118,7 +118,12 @@ class Attention(nn.Module):
             k_all = jax.lax.dynamic_update_slice(cache["k"], k.astype(dtype), start)
             v_all = jax.lax.dynamic_update_slice(cache["v"], v.astype(dtype), start)
             new_cache = dict(cache, k=k_all, v=v_all)
-        if self.attention != "dense" and t > 1 and k_all.shape[2] == t:
+        if self.attention == "blockwise" and t > flash.BLOCK and k_all.shape[2] == t:
+            out = flash.blockwise_attention(q.transpose(0, 2, 3, 1, 4), k_all.astype(q.dtype),
+                                            v_all.astype(q.dtype), mask[:, -1])  # its layout: [B, Hkv, G, T, D]
+            out = out.astype(self.dtype).transpose(0, 3, 1, 2, 4).reshape(b, t, c.num_heads * c.head_dim)
+            return dense(c.hidden_size, use_bias=False, name="o")(out), new_cache
+        if self.attention in ("splash", "splash_interpret") and t > 1 and k_all.shape[2] == t:
             # Self-attention of the whole sequence (training, prefill): the kernel, no [T, T] scores.
             # The mask is causal & valid-key, so its last row is the validity of every token.
             qh = q.reshape(b, t, c.num_heads, c.head_dim).transpose(0, 2, 1, 3)
@@ -219,8 +224,9 @@ class Transformer(nn.Module):
     # compute dtype (TPU: the math config's decode step on a v5e-8 costs 59.6 GB of HBM traffic in the
     # reduce form, 34.2 GB as dots). The sampler picks by the platform it runs on.
     decode_reduce: bool = True
-    # Whole-sequence self-attention (training, prefill): "dense" float32 [T, T] scores, or jax's Pallas
-    # splash kernel ("splash"; "splash_interpret" runs it off TPU, slowly), which never builds them.
+    # Whole-sequence self-attention (training, prefill): "dense" float32 [T, T] scores, jax's Pallas
+    # splash kernel ("splash"; "splash_interpret" runs it off TPU, slowly), or "blockwise" (flash.
+    # blockwise_attention: plain JAX, dense up to flash.BLOCK tokens); the last two never keep them.
     # flash.resolve maps the gin knobs onto these. `mesh`: the device mesh the kernel is mapped over.
     attention: str = "dense"
     mesh: Any = None
@@ -235,7 +241,9 @@ class Transformer(nn.Module):
             x = x * jnp.asarray(c.hidden_size ** 0.5, self.dtype)
         block_cls = Block
         if self.remat:
-            block_cls = nn.remat(Block, prevent_cse=False, policy=REMAT_POLICIES[self.remat_policy])
+            # Unrolled layers need jax's CSE barrier (under scan it is not needed and only costs).
+            block_cls = nn.remat(Block, prevent_cse=not self.scan_layers,
+                                 policy=REMAT_POLICIES[self.remat_policy])
         new_cache = {} if cache is not None else None
         if self.scan_layers:
             if cache is not None:

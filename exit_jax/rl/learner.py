@@ -34,7 +34,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from exit_jax.models import flash, transformer
 from exit_jax.models.config import ModelConfig
-from exit_jax.rl import grpo
+from exit_jax.rl import grpo, memory
 
 AXIS = "data"  # the pmap axis name and the FSDP (and batch) mesh axis
 TENSOR = flash.TENSOR_AXIS  # the tensor-parallel mesh axis (LearnerConfig.tensor_parallel > 1)
@@ -66,7 +66,9 @@ class LearnerConfig:
     group_size: Optional[int] = None  # only for the zero-variance-group metric
     # Schedule of one GRPO iteration.
     epochs: int = 1  # optimizer steps over each batch (paper: 1 math / MLE, 2 tool use)
-    micro_batch_size: int = 0  # rows per device per gradient-accumulation step; 0: all at once
+    # Rows per device per gradient-accumulation step; 0: the most that fit memory_budget_gb (rl.memory
+    # estimates the update's memory from the model and the row length).
+    micro_batch_size: int = 0
     ref_update_every: int = 100  # M (paper Tables 4-6)
     ref_alpha: float = 1.0  # ref <- alpha * theta + (1 - alpha) * ref
     # Precision and memory.
@@ -74,7 +76,12 @@ class LearnerConfig:
     # "bfloat16" halves params + optimizer-state memory, but without stochastic rounding an update
     # much smaller than 2^-8 of a weight (lr 1e-6 is) rounds away: keep float32 master params then.
     param_dtype: str = "float32"
-    remat: bool = False  # recompute each layer in the backward pass
+    # Per-device memory the update (state and one micro-batch) may use when micro_batch_size or remat
+    # is planned; 0: half the host's RAM on CPU, 85% of an accelerator's memory (rl.memory).
+    memory_budget_gb: float = 0.0
+    # Recompute each layer in the backward pass; None: only when the planned micro-batch needs it (never
+    # on CPU, where XLA folds the recomputation back into the forward pass: see rl.memory).
+    remat: Optional[bool] = None
     remat_policy: str = "full"  # what a recomputed layer keeps: transformer.REMAT_POLICIES
     # The state holds the layers stacked and the forward scans them (transformer.stack_layers): compile
     # time and HLO size independent of depth. Off on CPU, where the scanned update ran 15% slower.
@@ -115,8 +122,9 @@ class LearnerConfig:
         for name in ("epochs", "ref_update_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"LearnerConfig.{name} must be >= 1; got {getattr(self, name)}.")
-        if self.micro_batch_size < 0 or self.warmup_steps < 0 or self.vocab_chunk < 0:
-            raise ValueError("LearnerConfig.micro_batch_size, warmup_steps and vocab_chunk must be >= 0.")
+        if min(self.micro_batch_size, self.warmup_steps, self.vocab_chunk, self.memory_budget_gb) < 0:
+            raise ValueError("LearnerConfig.micro_batch_size, warmup_steps, vocab_chunk and memory_budget_gb "
+                             "must be >= 0.")
         if not 0.0 < self.learning_rate < float("inf"):
             raise ValueError(f"LearnerConfig.learning_rate={self.learning_rate} must be a finite number > 0.")
         if not 0.0 <= self.ref_alpha <= 1.0:
@@ -223,15 +231,26 @@ def _split_micro(x, n_micro: int):
     return jnp.swapaxes(x, 0, 1)
 
 
-def _num_micro(batch_rows: int, cfg: LearnerConfig, num_shards: int) -> int:
+def micro_plan(cfg: LearnerConfig, model_config: ModelConfig, batch_rows: int, num_shards: int, length: int,
+               width: int, platform: str, device=None) -> tuple[int, bool]:
+    """(micro-batches per device, remat) of an update over [batch_rows, length] tokens scored in the last
+    `width` columns: the config's own where it fixes them, else planned by rl.memory."""
     if batch_rows % num_shards:
         raise ValueError(f"batch of {batch_rows} rows does not split over {num_shards} devices.")
     per_shard = batch_rows // num_shards
-    mbs = cfg.micro_batch_size or per_shard
-    if per_shard % mbs:
+    if cfg.micro_batch_size and per_shard % cfg.micro_batch_size:
         raise ValueError(f"per-device batch of {per_shard} rows is not a multiple of "
-                         f"LearnerConfig.micro_batch_size={mbs}.")
-    return per_shard // mbs
+                         f"LearnerConfig.micro_batch_size={cfg.micro_batch_size}.")
+    if cfg.micro_batch_size and cfg.remat is not None:
+        return per_shard // cfg.micro_batch_size, cfg.remat
+    fsdp = cfg.parallel == "fsdp"
+    rows, remat = memory.plan(
+        model_config, per_shard, length, width, micro_batch_size=cfg.micro_batch_size, remat=cfg.remat,
+        vocab_chunk=cfg.vocab_chunk, attention=flash.resolve(cfg.attention, platform), platform=platform,
+        param_bytes=memory.dtype_bytes(cfg.param_dtype), compute_bytes=memory.dtype_bytes(cfg.compute_dtype),
+        kl=cfg.kl_beta > 0, shards=num_shards if fsdp else 1,
+        budget=memory.budget_bytes(cfg.memory_budget_gb, platform, device))
+    return per_shard // rows, remat
 
 
 def _batch_stats(batch, cfg: LearnerConfig, axis_name):
@@ -252,13 +271,14 @@ def _batch_stats(batch, cfg: LearnerConfig, axis_name):
 
 def _gradients(params, ref_params, batch, model_config, cfg, axis_name, num_shards, mesh):
     """Loss gradient of the whole (per-device share of the) batch, accumulated over micro-batches."""
-    n_micro = _num_micro(batch["tokens"].shape[0], cfg, num_shards)
     n_seq, n_tok, stats = _batch_stats(batch, cfg, axis_name)
     # completion_mask / old_logprobs may cover only the last W columns of tokens (see module doc).
-    platform = jax.default_backend() if mesh is None else mesh.devices.flat[0].platform
+    device = jax.devices()[0] if mesh is None else mesh.devices.flat[0]
+    platform, (rows, length), width = device.platform, batch["tokens"].shape, batch["completion_mask"].shape[1]
+    n_micro, remat = micro_plan(cfg, model_config, rows, num_shards, length, width, platform, device)
     fwd = functools.partial(token_logprobs, model_config=model_config, temperature=cfg.temperature,
-                            dtype=DTYPES[cfg.compute_dtype], remat=cfg.remat, remat_policy=cfg.remat_policy,
-                            width=batch["completion_mask"].shape[1], vocab_chunk=cfg.vocab_chunk,
+                            dtype=DTYPES[cfg.compute_dtype], remat=remat, remat_policy=cfg.remat_policy,
+                            width=width, vocab_chunk=cfg.vocab_chunk,
                             attention=flash.resolve(cfg.attention, platform), mesh=mesh)
 
     def loss_fn(p, mb):

@@ -32,7 +32,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from exit_jax.models import flash, transformer
 from exit_jax.models.config import ModelConfig
-from exit_jax.rl import learner as learner_lib, parallel
+from exit_jax.rl import learner as learner_lib, memory, parallel
 from exit_jax.sampling import sampler as sampler_lib
 from exit_jax.sampling.methods import Knobs
 from exit_jax.tpu import chips
@@ -168,9 +168,11 @@ def update_costs(config, cfg, shape: RunShape, mesh) -> tuple[float, float]:
     """Per-chip FLOPs and bytes of the update, from loop-free probes (see the module doc)."""
     shards = mesh.shape[learner_lib.AXIS]
     rows = shape.prompts * shape.group
-    n_micro = learner_lib._num_micro(rows, cfg, shards)  # the update's own split (and its errors)
+    n_micro, remat = learner_lib.micro_plan(cfg, config, rows, shards, shape.prompt_len + shape.new_tokens,
+                                            shape.new_tokens, "tpu")  # the update's own split (and errors)
     micro, steps = rows // shards // n_micro, cfg.epochs * n_micro  # rows per device per micro-batch
-    probe_cfg = dataclasses.replace(cfg, epochs=1, micro_batch_size=0, scan_layers=False, group_size=None)
+    probe_cfg = dataclasses.replace(cfg, epochs=1, micro_batch_size=micro, remat=remat, scan_layers=False,
+                                    group_size=None)
     probe_shape = dataclasses.replace(shape, prompts=micro * shards, group=1)
     costs = []
     for depth in (1, 2):
@@ -221,6 +223,17 @@ def compile_sampler(config, cfg, shape: RunShape, mesh, resident: int) -> list[R
     _, decode_report = _compile_report("decode", decode, spec, params, state, resident=resident,
                                        repeats=(shape.new_tokens - 1) * calls)
     return [report, decode_report]
+
+
+def planned(config: ModelConfig, cfg: learner_lib.LearnerConfig, shape: RunShape, shards: int,
+            hbm_bytes: int) -> learner_lib.LearnerConfig:
+    """cfg with the micro-batch and remat it leaves open (0 / None) planned for chips of hbm_bytes."""
+    budget = cfg.memory_budget_gb or hbm_bytes * memory.ACCELERATOR_SHARE / 2 ** 30
+    cfg = dataclasses.replace(cfg, memory_budget_gb=budget)
+    rows = shape.prompts * shape.group
+    n_micro, remat = learner_lib.micro_plan(cfg, config, rows, shards, shape.prompt_len + shape.new_tokens,
+                                            shape.new_tokens, "tpu")
+    return dataclasses.replace(cfg, micro_batch_size=rows // shards // n_micro, remat=remat)
 
 
 def compile_iteration(config: ModelConfig, cfg: learner_lib.LearnerConfig, shape: RunShape,
