@@ -52,15 +52,20 @@ def math(num_train: int = 1280, num_eval: int = 64, families: Optional[Sequence[
 
 def tool_use(protocol: str = "json_tag", train_user_turns: Optional[int] = 1,
              train_max_responses: Optional[int] = 10, eval_max_responses: Optional[int] = 60,
-             num_train: Optional[int] = None, num_eval: Optional[int] = None) -> Domain:
-    """BFCL v3 multi-turn-base with the paper's 100/100 split (paper_notes §9).
+             num_train: Optional[int] = None, num_eval: Optional[int] = None,
+             categories: Sequence[str] = ("multi_turn_base",)) -> Domain:
+    """BFCL v3 multi-turn categories (the paper: multi_turn_base) with the paper's 100/100 split
+    (paper_notes §9), applied to every category by entry number (envs.tool_use.split).
 
     Training uses only the first user request with a 10-response budget; evaluation allows up to 60
     responses over all requests. The paper's protocol is the JSON-in-<tool> one ("json_tag").
     """
     from exit_jax.envs.tool_use import bfcl, split
-    train = split.split_entries("train")[:num_train]
-    held_out = split.split_entries("test")[:num_eval]
+    if isinstance(categories, str) or not categories:
+        raise ValueError(f"domains.tool_use.categories={categories!r}: give a non-empty list of BFCL "
+                         "categories, e.g. [\"multi_turn_base\", \"multi_turn_miss_func\"].")
+    train = [t for c in categories for t in split.split_entries("train", c)][:num_train]
+    held_out = [t for c in categories for t in split.split_entries("test", c)][:num_eval]
     make_env = functools.partial(bfcl.MultiTurnEnv, protocol=protocol, max_user_turns=train_user_turns,
                                  max_responses=train_max_responses)
     make_eval_env = functools.partial(bfcl.MultiTurnEnv, protocol=protocol, max_responses=eval_max_responses)

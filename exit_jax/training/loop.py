@@ -219,6 +219,7 @@ def train(run: RunConfig, model: Any, domain: Domain, curriculum: CurriculumConf
             groups, segments, roll_stats = run_groups(policy, episodes, run.group_size, domain.make_env,
                                                       seed=run.seed * 1_000_003 + it, pool=pool)
             t2 = time.perf_counter()
+            _note_slow("rollout", it, t2 - t1, f"{int(roll_stats['rollout/completion_tokens'])} tokens sampled")
             rewards, adv, mult = _advantages(groups, episodes, curriculum, embedder, normalize)
             batch = batch_lib.pack(segments, adv, mult, sampling.max_new_tokens,
                                    lm.tokenizer.pad_id, row_multiple, sampling.min_bucket)
@@ -234,6 +235,7 @@ def train(run: RunConfig, model: Any, domain: Domain, curriculum: CurriculumConf
                     f"loss or gradient): lower the learning rate (now {learner.learning_rate:g}) or check the "
                     f"rewards and data; the checkpoints in {ckpt.directory} are untouched.")
             t3 = time.perf_counter()
+            _note_slow("update", it, t3 - t2, f"{batch['tokens'].shape[0]} rows of {batch['tokens'].shape[1]} tokens")
             buf, scores = episodes_lib.update(buf, episodes, groups, curriculum, it)
             seen = stats.update_seen(host.seen, episodes)
             host = HostState(it + 1, buf, host.rng, seen,
@@ -334,6 +336,15 @@ def _stop_requests(signals=(signal.SIGTERM, signal.SIGINT)):
 @dataclasses.dataclass
 class _StopRequest:
     signal: Optional[str] = None
+
+
+SLOW_PHASE_S = 60.0
+
+
+def _note_slow(phase: str, it: int, seconds: float, what: str) -> None:
+    """A log line for a phase long enough that the progress bar alone looks stuck (a CPU, long rows)."""
+    if seconds >= SLOW_PHASE_S:
+        log.info("iteration %d: %s took %.0f s (%s)", it + 1, phase, seconds, what)
 
 
 def _budget_spent(run: RunConfig, host: HostState) -> bool:

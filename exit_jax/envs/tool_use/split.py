@@ -99,11 +99,16 @@ def load_split() -> dict:
     return split
 
 
-def split_entries(part: str) -> list[base.Task]:
-    """The tasks of the "train" or "test" half of multi_turn_base."""
+def split_entries(part: str, category: str = CATEGORY) -> list[base.Task]:
+    """The tasks of the "train" or "test" half of a multi-turn category. Entry N of every category is a
+    variant of multi_turn_base_N (same scenario and classes for 193-194 of 200; a function or parameter
+    withheld, or long context added), so every category is split by entry number as multi_turn_base is:
+    a test scenario is never trained on in another category's guise."""
     if part not in ("train", "test"):
         raise ValueError(f"part must be 'train' or 'test', got {part!r}.")
-    return bfcl.load_entries(CATEGORY, load_split()[part])
+    data.check_category(category)
+    numbers = [_id_order(i)[1] for i in load_split()[part]]
+    return bfcl.load_entries(category, [f"{category}_{n}" for n in numbers])
 
 
 def write_split(path: str, seed: int = SEED) -> dict:
