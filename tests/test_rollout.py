@@ -102,3 +102,22 @@ def test_pack_aligns_prompt_completion_and_logprobs():
     assert b["advantages"].tolist()[:4] == [1.0, -1.0, 0.5, -0.5]
     assert b["advantage_multiplier"].tolist()[:4] == [2.0, 1.0, 1.0, 1.0]
     assert not b["completion_mask"][4:].any()
+    kept = batch_lib.pack(segs, adv, mult, max_new_tokens=4, pad_id=0, row_multiple=3, min_bucket=8,
+                          keep=[True, False, True, True])
+    assert kept["sample_mask"].tolist() == [True, False, True, True, False, False]
+
+
+def test_responses_without_a_response_type_are_marked_for_overlong_filtering(pool):
+    """json_tag: a parsed call or an end marker is a response type; text cut off before either is not
+    (paper Appendix A.3's overlong filtering then leaves it out of the loss)."""
+    task = bfcl.load_entries("multi_turn_base")[0]
+    make_env = lambda t: bfcl.MultiTurnEnv(t, protocol="json_tag", max_user_turns=1)  # noqa: E731
+    oracle = bfcl.oracle_replies(task, protocol="json_tag", max_user_turns=1)
+    rules = {0: lambda done: oracle[done], 1: lambda done: "I will now call the <tool>{\"name\": \"l",
+             2: lambda done: "<TASK_ERROR>"}
+    policy = ScriptedPolicy(lambda conv, g: rules[g](sum(m["role"] == "assistant" for m in conv)))
+    ep = episodes.base_episode(task, make_env)
+    groups, segments, stats = run_groups(policy, [ep], 3, make_env, seed=0, pool=pool)
+    by_sample = {g: [s.valid for s in segments if s.sample == g] for g in range(3)}
+    assert by_sample == {0: [True] * len(oracle), 1: [False], 2: [True]}
+    assert stats["rollout/invalid_responses"] == pytest.approx(1 / len(segments))

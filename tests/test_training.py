@@ -266,9 +266,15 @@ def test_missing_required_macro_is_named(tmp_path):
 @pytest.mark.slow
 def test_tool_use_and_mle_domains_train(tmp_path):
     tool = domains.tool_use(num_train=4, num_eval=2)
-    _run(tmp_path / "tool", tool, "exit", iterations=2)
+    _run(tmp_path / "tool", tool, "exit", iterations=2, filter_invalid_responses=True,
+         drop_zero_variance_groups=True)  # tool_use.gin's filter, and DAPO's group dropping on top
     records = read_metrics(str(tmp_path / "tool"))
     assert len(records) == 2 and records[-1]["rollout/model_calls"] >= 8
+    # The random model rarely closes a call or ends a request: most responses are filtered out; a batch
+    # with nothing left trains nothing (loss exactly 0, no step skipped as non-finite).
+    for r in records:
+        assert 0 < r["rollout/invalid_responses"] <= 1 and r["learner/skipped"] == 0
+        assert r["rollout/invalid_responses"] < 1 or r["learner/loss"] == 0
     mle = domains.mle(train_ids=["breast_cancer"], eval_ids=["wine"], time_limit_s=20.0)
     _run(tmp_path / "mle", mle, "improve", iterations=3)  # no divergence: replays improve or debug
     records = read_metrics(str(tmp_path / "mle"))

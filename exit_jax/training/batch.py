@@ -12,7 +12,7 @@ for few shapes.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -20,8 +20,9 @@ from exit_jax.sampling import prompt_bucket
 
 
 def pack(segments: Sequence, advantages: np.ndarray, multipliers: np.ndarray, max_new_tokens: int,
-         pad_id: int, row_multiple: int, min_bucket: int = 64) -> dict:
-    """segments: training Segments; advantages, multipliers: float [P, G] per rollout."""
+         pad_id: int, row_multiple: int, min_bucket: int = 64, keep: Optional[Sequence[bool]] = None) -> dict:
+    """segments: training Segments; advantages, multipliers: float [P, G] per rollout; keep: per segment,
+    False leaves it out of the loss and its normalisers (sample_mask)."""
     if not segments:
         raise ValueError("pack needs at least one segment.")
     lp = prompt_bucket(max(len(s.completion.prompt_ids) for s in segments), min_bucket)
@@ -47,7 +48,7 @@ def pack(segments: Sequence, advantages: np.ndarray, multipliers: np.ndarray, ma
         old_logprobs[i, :len(completion)] = c.logprobs
         adv[i] = advantages[seg.group, seg.sample]
         mult[i] = multipliers[seg.group, seg.sample]
-        sample_mask[i] = True
+        sample_mask[i] = True if keep is None else bool(keep[i])
     return {"tokens": tokens, "input_mask": input_mask, "completion_mask": completion_mask,
             "old_logprobs": old_logprobs, "advantages": adv, "advantage_multiplier": mult,
             "sample_mask": sample_mask}

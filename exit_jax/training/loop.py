@@ -62,6 +62,12 @@ class RunConfig:
     # Stop after this many consecutive iterations whose every optimizer step was skipped for a non-finite
     # loss or gradient (0: never): nothing is learning, and the last checkpoint is kept as it is.
     max_skipped_iterations: int = 3
+    # DAPO overlong filtering (paper Appendix A.3, tool use): a response holding none of the environment's
+    # response types (info["valid_response"] False, e.g. cut off by max_new_tokens) is left out of the loss.
+    filter_invalid_responses: bool = False
+    # Leave groups whose rewards are all equal out of the loss and its normalisers (DAPO); the paper keeps
+    # them (their advantage is 0, paper §13.4).
+    drop_zero_variance_groups: bool = False
     progress: bool = True
 
     def __post_init__(self):
@@ -221,8 +227,10 @@ def train(run: RunConfig, model: Any, domain: Domain, curriculum: CurriculumConf
             t2 = time.perf_counter()
             _note_slow("rollout", it, t2 - t1, f"{int(roll_stats['rollout/completion_tokens'])} tokens sampled")
             rewards, adv, mult = _advantages(groups, episodes, curriculum, embedder, normalize)
+            keep = np.asarray(grpo.group_keep_mask(rewards, run.drop_zero_variance_groups))
+            keep = [keep[s.group, s.sample] and (s.valid or not run.filter_invalid_responses) for s in segments]
             batch = batch_lib.pack(segments, adv, mult, sampling.max_new_tokens,
-                                   lm.tokenizer.pad_id, row_multiple, sampling.min_bucket)
+                                   lm.tokenizer.pad_id, row_multiple, sampling.min_bucket, keep)
             state, learn = update(state, parallel.place_batch(batch, learner, mesh))
             policy.params = sampling_params(state)
             learn = {f"learner/{k}": float(v) for k, v in jax.device_get(learn).items()}

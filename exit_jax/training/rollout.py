@@ -30,6 +30,9 @@ class Segment:
     group: int  # index p of the episode
     sample: int  # index g of the rollout within its group
     completion: Completion
+    # The environment recognised the response as one of its response types (info["valid_response"];
+    # True where an environment does not say): RunConfig.filter_invalid_responses trains only these.
+    valid: bool = True
 
 
 @dataclasses.dataclass
@@ -60,6 +63,10 @@ def _safe_step(env: Env, reply: str) -> StepResult:
     return result
 
 
+def _judged(segment: Segment, result: StepResult) -> Segment:
+    return dataclasses.replace(segment, valid=bool(result.info.get("valid_response", True)))
+
+
 def _rollout_record(live: _Live) -> Rollout:
     # MLE: an iterate that crashed or wrote no valid submission is debugged when replayed.
     failed = bool(live.first_info.get("failed", live.first_info.get("valid") is False))
@@ -84,6 +91,7 @@ def run_groups(policy: TextPolicy, episodes: Sequence[Episode], group_size: int,
             segments.append(Segment(p, g, completion))
     keys = list(live)
     results = list(pool.map(lambda k: _safe_step(live[k].env, live[k].responses[0]), keys))
+    segments = [_judged(s, r) for s, r in zip(segments, results)]
     for k, result in zip(keys, results):
         live[k].result = result
         live[k].first_info = result.info
@@ -97,8 +105,8 @@ def run_groups(policy: TextPolicy, episodes: Sequence[Episode], group_size: int,
         for k, row in zip(active, replies):
             live[k].responses.append(row[0].text)
             live[k].messages.append({"role": "assistant", "content": row[0].text})
-            segments.append(Segment(k[0], k[1], row[0]))
         results = list(pool.map(lambda k: _safe_step(live[k].env, live[k].responses[-1]), active))
+        segments += [_judged(Segment(k[0], k[1], row[0]), r) for k, row, r in zip(active, replies, results)]
         for k, result in zip(active, results):
             live[k].result = result
             live[k].messages.extend(result.messages)
@@ -114,6 +122,7 @@ def run_groups(policy: TextPolicy, episodes: Sequence[Episode], group_size: int,
         "rollout/mean_completion_tokens": sum(len(c.token_ids) for c in completions) / len(completions),
         "rollout/hit_max_new_tokens": sum(not c.finished for c in completions) / len(completions),
         "rollout/truncated_prompts": sum(c.truncated_prompt for c in completions),
+        "rollout/invalid_responses": sum(not s.valid for s in segments) / len(segments),
         "rollout/mean_prompt_tokens": sum(len(c.prompt_ids) for c in completions) / len(completions),
     }
     return groups, segments, stats

@@ -198,6 +198,10 @@ class MultiTurnEnv(base.Env):
         else:
             calls, why = executor.parse_calls(reply, self.protocol)
         budget_left = self.max_responses is None or self._responses < self.max_responses
+        # The paper's overlong filtering (Appendix A.3) drops responses holding none of the protocol's
+        # response types: in json_tag a parsed call or an end marker; in bfcl any text ends a request.
+        info["valid_response"] = bool(calls) or self.protocol == "bfcl" or (
+            isinstance(reply, str) and any(m in reply for m in prompts.END_MARKERS[self.protocol]))
 
         if calls:
             # Like BFCL, every documented function of the involved classes runs, even one the prompt

@@ -19,7 +19,8 @@ from exit_jax.envs.tool_use import data
 PROTOCOLS = ("bfcl", "json_tag")
 MAX_STEPS_PER_TURN = 20  # BFCL's MAXIMUM_STEP_LIMIT
 # Strings at which the sampler should stop generating (the paper stops at any of the json_tag tags).
-STOP_STRINGS = {"bfcl": (), "json_tag": ("</tool>", "<TASK_FINISHED>", "<TASK_ERROR>")}
+END_MARKERS = {"bfcl": (), "json_tag": ("<TASK_FINISHED>", "<TASK_ERROR>")}
+STOP_STRINGS = {"bfcl": (), "json_tag": ("</tool>",) + END_MARKERS["json_tag"]}
 # A reply that ends the current user request in each protocol (what an oracle says after its calls).
 END_OF_TURN = {"bfcl": "I have completed the request.", "json_tag": "<TASK_FINISHED>"}
 
