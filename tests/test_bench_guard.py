@@ -15,7 +15,7 @@ import pytest
 LAUNCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launch")
 TOLERANCE = 0.25  # ratios measured in one run on 2 shared cores vary by ~10-15%; a real regression was 40%
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.bench]  # timed: never beside other tests (README)
 
 
 @pytest.fixture(scope="module")
