@@ -99,15 +99,19 @@ def test_row_estimate_agrees_with_the_compiler(layers, length):
 
 
 def test_plan_fits_the_budget_and_respects_fixed_settings(caplog):
-    plan = lambda **kw: learner.micro_plan(LearnerConfig(**kw), SMOL, 32, 1, 3072, 1024, "cpu")  # noqa: E731
+    plan = lambda **kw: learner.micro_plan(LearnerConfig(**kw), SMOL, 32, 1, 3072, 1024, "gpu")  # noqa: E731
     per_row = memory.row_bytes(SMOL, 3072, 1024, 4, False, 512, "blockwise", "cpu")
     state = memory.state_bytes(SMOL, 4, 4, False, 1)
     assert plan(memory_budget_gb=(state + 4.5 * per_row) / 2 ** 30) == (8, False)  # 4 rows fit, not 8
     assert plan(memory_budget_gb=(state + 40 * per_row) / 2 ** 30) == (1, False)  # all 32 at once
-    assert plan(memory_budget_gb=1.0, micro_batch_size=8) == (4, False)  # fixed: kept
+    assert plan(memory_budget_gb=1.0, micro_batch_size=8, remat=False) == (4, False)  # fixed: kept
     with caplog.at_level(logging.WARNING):
-        assert plan(memory_budget_gb=0.5) == (32, False)  # nothing fits: 1 row, said once
+        assert plan(memory_budget_gb=0.5, remat=False) == (32, False)  # nothing fits: 1 row, said once
     assert "exceeds its budget" in caplog.text
+    # On CPU micro-batches stop at CPU_MICRO_TOKENS, however much memory there is (bigger ones ran slower).
+    cpu = lambda rows, length: learner.micro_plan(LearnerConfig(memory_budget_gb=1000), SMOL, rows, 1,  # noqa: E731
+                                                  length, 64, "cpu")
+    assert cpu(16, 336) == (8, False) and cpu(16, 160) == (4, False) and cpu(8, 3072) == (8, False)
     # Off CPU, remat (layer inputs kept) is the next resort once one row without it is too much.
     tpu = lambda gb: learner.micro_plan(LearnerConfig(memory_budget_gb=gb), SMOL, 32, 1, 3072, 1024,  # noqa: E731
                                         "tpu")
