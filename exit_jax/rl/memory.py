@@ -5,7 +5,7 @@ The estimate counts what the backward pass keeps per token and layer (norm input
 the attention output, the MLP's gate/up/product: about 12 D + 4 F + 2 (H + 2 Hkv) hd values), the
 float32 [T, T] attention scores where they exist (the dense path keeps ~3 per layer and head), and the
 vocabulary head's [chunk, V] logits. Checked against XLA's own memory analysis of the compiled gradient
-(tests/test_learner.py): within 25% for SmolLM2 at 1-2k tokens. Rematerialisation only counts off CPU:
+(tests/test_memory.py): 10-25% above it for SmolLM2 at 1-2k tokens. Rematerialisation only counts off CPU:
 XLA:CPU drops jax.checkpoint's barriers and merges the recomputation back into the forward pass
 (models.flash explains; measured), so on CPU only short micro-batches and blockwise attention save memory.
 """
