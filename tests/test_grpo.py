@@ -53,6 +53,22 @@ def test_advantages_centred_and_unit_scaled(groups):
     np.testing.assert_allclose(grpo.group_advantages(3.0 * rewards + 2.0), adv, atol=1e-4)
 
 
+def test_ungraded_samples_are_left_out_of_their_group():
+    """valid=False samples (grader timeouts) get advantage 0 and do not move their group's mean or std:
+    each group's advantages are those of its valid members alone."""
+    rewards = np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]], np.float32)
+    valid = np.array([[True, True, True, False], [True, False, True, True], [False] * 4])
+    for scale in ("group", "none"):
+        adv = np.asarray(grpo.group_advantages(rewards, scale=scale, valid=valid))
+        np.testing.assert_allclose(adv[0, :3], grpo.group_advantages(rewards[:1, :3], scale=scale)[0], rtol=1e-6)
+        assert adv[0, 3] == 0.0 and adv[1, 1] == 0.0 and np.all(adv[2] == 0.0)
+        np.testing.assert_array_equal(adv[1], 0.0)  # the valid members all got 0: a constant group
+        np.testing.assert_array_equal(grpo.group_advantages(rewards, scale=scale, valid=np.ones_like(valid)),
+                                      grpo.group_advantages(rewards, scale=scale))
+    np.testing.assert_array_equal(grpo.group_keep_mask(rewards, True, valid),
+                                  [[True, True, True, False], [False] * 4, [False] * 4])
+
+
 def test_bad_arguments_raise_one_clear_error():
     with pytest.raises(ValueError, match="shape"):
         grpo.group_advantages(np.zeros(4))

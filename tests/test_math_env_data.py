@@ -44,7 +44,7 @@ def test_env_protocol(grader):
     env = MathEnv(task, system_prompt="Reason step by step.", grader=grader)
     assert env.reset()[0] == {"role": "system", "content": "Reason step by step."}
     bad = env.step("I refuse. \\boxed{")
-    assert (bad.reward, bad.done, bad.info["reason"]) == (0.0, True, "malformed_box")
+    assert (bad.reward, bad.done, bad.info["reason"], bad.info["ungraded"]) == (0.0, True, "no_answer", False)
     msgs, last = replay(MathEnv(task, grader=grader), ["\\boxed{-1000}"])
     assert [m["role"] for m in msgs] == ["user", "assistant"] and last.reward == 0.0
 
@@ -137,3 +137,63 @@ def test_champ_numeric_subset(grader):
     by_id = {t.id: t for t in tasks}
     assert by_id["champ/P_Combinatorics_1"].data["answer"] == "239"
     assert MathEnv(by_id["champ/P_Combinatorics_1"], grader=grader).step("So \\boxed{239}.").reward == 1.0
+
+
+_GSM_BUILDER = '''
+import numpy as np, tensorflow_datasets as tfds
+from etils import epath
+
+class ToyGsm(tfds.core.GeneratorBasedBuilder):
+    """GSM8K's layout: question, answer with the final number after ####."""
+    VERSION = tfds.core.Version("1.0.0")
+
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls):
+        return epath.Path(__file__ if "__file__" in globals() else ".")
+
+    def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
+            {"question": tfds.features.Text(), "answer": tfds.features.Text()}), disable_shuffling=True)
+
+    def _split_generators(self, dl_manager):
+        rows = [("Tom has 3 apples and buys 2. How many?", "3 + 2 = 5\\n#### 5"),
+                ("A box holds 1,200 pens; 200 are sold. How many are left?", "1200 - 200\\n#### 1,000"),
+                ("What is 6 times 7?", "#### 42")]
+        return {"train": self._generate_examples(rows[:2]), "test": self._generate_examples(rows[2:])}
+
+    def _generate_examples(self, rows):
+        for i, (q, a) in enumerate(rows):
+            yield i, {"question": q, "answer": a}
+
+ToyGsm(data_dir=DATA_DIR, file_format="array_record").download_and_prepare()
+'''
+
+
+def test_a_users_tfds_dataset_is_selectable_from_gin_without_tensorflow(tmp_path):
+    """A prepared tensorflow-datasets build (GSM8K's fields, array_record) is read by domains.math from
+    its folder, as --gin.domains.math.train_file=... --gin.domains.math.problem_field="question" would."""
+    data_dir = str(tmp_path / "tfds")
+    code = (f"DATA_DIR = {data_dir!r}\n" + _GSM_BUILDER +
+            "import json, sys\nfrom exit_jax.training import domains\n"
+            f"d = domains.math(train_file={data_dir + '/toy_gsm/1.0.0'!r}, eval_file={data_dir + '/toy_gsm/1.0.0'!r},"
+            " problem_field='question')\n"
+            "print(json.dumps([[t.id, t.data['problem'], t.data['answer']] for t in d.train_tasks + d.eval_tasks]))\n"
+            "print('tensorflow' in sys.modules)\n")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.strip().splitlines()
+    assert lines[-1] == "False"
+    tasks = json.loads(lines[-2])
+    assert [(t[0], t[2]) for t in tasks] == [("toy_gsm/train/0", "5"), ("toy_gsm/train/1", "1000"),
+                                             ("toy_gsm/test/0", "42")]
+    assert tasks[0][1].startswith("Tom has 3 apples") and "\\boxed" in tasks[0][1]  # the answer instruction
+    from exit_jax.envs.math import load_tfds
+    builder_dir = str(tmp_path / "tfds" / "toy_gsm" / "1.0.0")
+    with pytest.raises(ValueError, match=r"has no split 'validation'; its splits are \['test', 'train'\]"):
+        load_tfds(builder_dir, "validation", problem_field="question")
+    with pytest.raises(ValueError, match="record 0 of .* no non-empty 'problem' field"):
+        load_tfds(builder_dir, "train")
+    with pytest.raises(FileNotFoundError, match="not a prepared tensorflow-datasets folder"):
+        load_tfds(str(tmp_path), "train")

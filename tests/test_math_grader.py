@@ -4,8 +4,8 @@ import time
 import pytest
 
 from exit_jax.envs import math as math_env
-from exit_jax.envs.math.answers import extract_answer, normalize
-from exit_jax.envs.math.grader import Grader, GraderConfig
+from exit_jax.envs.math.answers import normalize
+from exit_jax.envs.math.grader import Grader, GraderConfig, fast_path
 
 # (response, gold, expected reward). Hand-written; none comes from MATH.
 CASES = [
@@ -60,15 +60,24 @@ CASES = [
     # box syntax variants
     ("Thus \\boxed 5", "5", 1.0),
     ("\\fbox{7}", "7", 1.0),
-    # multiple boxes: the last one counts
-    ("First \\boxed{3}, no wait, \\boxed{4}.", "4", 1.0),
-    ("First \\boxed{3}, no wait, \\boxed{4}.", "3", 0.0),
-    # no box: "Final Answer:", then the last number
+    # multiple boxes: math-verify reads all the boxes of a reply as one answer (here {3, 4})
+    ("First \\boxed{3}, no wait, \\boxed{4}.", "4", 0.0),
+    ("First \\boxed{3}, no wait, \\boxed{4}.", "\\{3, 4\\}", 1.0),
+    ("\\boxed{1}, \\boxed{2}, \\boxed{3}", "\\{1,2,3\\}", 1.0),
+    ("\\boxed{1}, \\boxed{2}, \\boxed{3}", "3", 0.0),
+    # "Final Answer" phrasings, also after an intermediate box
     ("Working... Final Answer: 42", "42", 1.0),
     ("The final answer is $\\frac{2}{7}$.", "\\frac{2}{7}", 1.0),
+    ("Final Answer: The final answer is 7.78.", "7.78", 1.0),
+    ("First \\boxed{3}. That was wrong. Final Answer: The final answer is 4. I hope it is correct.", "4", 1.0),
+    ("First \\boxed{3}. That was wrong. Final Answer: The final answer is 4. I hope it is correct.", "3", 0.0),
+    # no anchor: a reply that is only its answer counts; a number that merely ends the text does not
     ("I think it is 17", "17", 1.0),
     ("It is 3, or maybe 4", "3", 0.0),
     ("In total there are 1,234 apples.", "1234", 1.0),
+    ("\\sqrt{2}/2", "\\frac{\\sqrt{2}}{2}", 1.0),
+    ("We add 3 and 5 to get 8, and then we multiply it by 2", "2", 0.0),
+    ("The golden ratio is $\\frac{1+\\sqrt{5}}{2}$", "2", 0.0),
     # malformed and garbage: reward 0, never an exception
     ("\\boxed{3", "3", 0.0),
     ("\\boxed{}", "1", 0.0),
@@ -104,25 +113,49 @@ def test_parallel_workers_agree():
 
 
 def test_reasons_and_extraction(grader):
-    r = grader.check("\\boxed{3", "3")
-    assert (r.reward, r.reason) == (0.0, "malformed_box")
-    r = grader.check("nothing", "3")
+    r = grader.check("\\boxed{3", "3")  # an unclosed box (a cut-off reply) is not an answer
+    assert (r.reward, r.reason, r.graded) == (0.0, "no_answer", True)
+    r = grader.check("no numbers here", "3")
     assert (r.reward, r.reason, r.extracted) == (0.0, "no_answer", None)
     r = grader.check("\\boxed{\\frac12}", "0.5")
-    assert (r.reward, r.reason, r.extracted, r.extraction) == (1.0, "exact_match", "\\frac12", "boxed")
+    assert (r.reward, r.reason, r.extracted, r.extraction) == (1.0, "exact_match", "\\frac12", "fast_box")
     r = grader.check("\\boxed{3.50}", "\\frac{7}{2}")
     assert (r.reward, r.reason) == (1.0, "fraction_match")
     r = grader.check("\\boxed{\\sqrt{12}}", "2\\sqrt{3}")
-    assert (r.reward, r.reason) == (1.0, "math_verify")
-    r = grader.check("\\boxed{7}", "8")
-    assert (r.reward, r.reason) == (0.0, "mismatch")
-    assert grader.check(None, "3").reward == 0.0  # type: ignore[arg-type]
+    assert (r.reward, r.reason, r.extraction) == (1.0, "math_verify", "math_verify")
+    r = grader.check("so $x = 7$. Final Answer: The final answer is $9$.", "8")
+    assert (r.reward, r.reason, r.extracted) == (0.0, "mismatch", "9")
+    assert grader.check(None, "3").reason == "empty_response"  # type: ignore[arg-type]
 
 
-def test_extract_answer_and_normalize():
-    assert extract_answer("a \\boxed{\\frac{1}{2}} b \\boxed{x^{2}}") == ("x^{2}", "boxed")
-    assert extract_answer("\\boxedfoo{1} then 7") == ("7", "last_number")
-    assert extract_answer("Final Answer: $12$.") == ("12", "final_answer")
+def test_fast_path_only_where_math_verify_agrees(grader):
+    """The fast path answers "equal" for one box of a plain number and nothing else; every response it
+    declines goes to math-verify, whose verdict it must never contradict."""
+    assert fast_path("so \\boxed{0.75}", "\\frac34").reason == "fraction_match"
+    for response in ("\\boxed{3} then \\boxed{0.75}", "\\boxed{0.75}. Final answer: 2", "\\boxed{3/4", "0.75"):
+        assert fast_path(response, "\\frac34") is None, response
+    assert fast_path("\\boxed{0.7}", "\\frac34") is None  # unequal: only math-verify may say 0
+    fast = [(r, g) for r, g, _ in CASES if r and fast_path(r, g) is not None]
+    assert len(fast) >= 10
+    for (response, gold), verdict in zip(fast, grader._slow_path(fast)):
+        assert verdict[0], (response, gold, verdict)
+
+
+def test_math_verify_suite_counts(grader):
+    """math-verify's own test cases (tests/fixtures/math_verify_cases.json, 261 of them): at most 5
+    labels missed (math-verify's default misses 2), never a false positive (it has 2). The misses are
+    answers stated in prose without an anchor, which the training default does not reward."""
+    import json
+    import os
+    with open(os.path.join(os.path.dirname(__file__), "fixtures", "math_verify_cases.json")) as f:
+        cases = json.load(f)["cases"]
+    got = [r.reward for r in grader.check_batch([c["pred"] for c in cases], [c["gold"] for c in cases])]
+    wrong = [c for c, r in zip(cases, got) if r != c["expected"]]
+    assert not [c for c in wrong if c["expected"] == 0], wrong
+    assert len(cases) == 261 and len(wrong) <= 5, wrong
+
+
+def test_normalize():
     assert normalize("\\dfrac12") == "\\frac{1}{2}"
     assert normalize("x = \\sqrt3") == "\\sqrt{3}"
     assert normalize("5\\text{ inches}") == "5"
@@ -137,32 +170,36 @@ def test_adversarial_inputs_time_out_fast():
         start = time.monotonic()
         results = g.check_batch(bombs, ["1"] * len(bombs))
         elapsed = time.monotonic() - start
+        # A bomb times out, again with 4x the time, and is then ungraded (never a silent 0).
         assert [r.reward for r in results] == [0.0] * len(bombs)
-        assert all(r.reason in ("timeout", "mismatch") for r in results), results
-        assert any(r.reason == "timeout" for r in results)
-        assert elapsed < 3 * 3.0 + 2, elapsed
-        # Huge and deeply nested strings never reach sympy.
+        assert all(r.reason in ("ungraded: timeout", "mismatch") for r in results), results
+        assert any(not r.graded for r in results) and all(r.graded == (r.reason == "mismatch") for r in results)
+        assert elapsed < 3 * (3.0 + 12.0) + 2, elapsed
+        # Huge and deeply nested strings: math-verify reads only the last 4,000 characters.
         start = time.monotonic()
-        assert g.check("\\boxed{" + "1+" * 200_000 + "1}", "1").reason == "answer_too_long"
-        assert g.check("\\boxed" + "{" * 50_000, "1").reason == "malformed_box"
+        assert g.check("\\boxed{" + "1+" * 200_000 + "1}", "1").reason == "no_answer"
+        assert g.check("\\boxed" + "{" * 50_000, "1").reason == "no_answer"
         assert g.check("\\boxed{1}" * 20_000, "1").reward == 1.0
-        long_gold = "(" + ", ".join(str(i) for i in range(400)) + ")"  # 1,490 characters, still exact
+        long_gold = "(" + ", ".join(str(i) for i in range(400)) + ")"  # 1,490 characters
         assert len(long_gold) > 1000 and g.check("\\boxed{" + long_gold + "}", long_gold).reward == 1.0
-        assert time.monotonic() - start < 5
+        assert time.monotonic() - start < 10
         # The worker still answers afterwards.
         assert g.check("\\boxed{\\sqrt{8}}", "2\\sqrt{2}").reward == 1.0
 
 
-def test_hard_timeout_kills_and_restarts_worker():
+def test_hard_timeout_kills_retries_and_leaves_the_pair_ungraded():
     # Soft timer effectively off, so only the parent's hard timeout can stop the hang.
-    with Grader(GraderConfig(soft_timeout_s=60.0, hard_timeout_s=1.0)) as g:
+    with Grader(GraderConfig(soft_timeout_s=60.0, hard_timeout_s=1.0, retry_timeout_factor=2.0)) as g:
         assert g.check("\\boxed{\\sqrt{18}}", "3\\sqrt{2}").reward == 1.0
         start = time.monotonic()
         results = g.check_batch(["\\boxed{9^{9^{9^{9}}}}", "\\boxed{\\sqrt{27}}"], ["1", "3\\sqrt{3}"])
-        assert time.monotonic() - start < 30
-        assert (results[0].reward, results[0].reason) == (0.0, "timeout")
-        assert results[1].reward == 1.0  # graded by the restarted worker
-        assert g.worker_restarts == 1
+        assert time.monotonic() - start < 60
+        assert (results[0].reward, results[0].reason, results[0].graded) == (0.0, "ungraded: timeout", False)
+        assert results[1].reward == 1.0 and results[1].graded  # graded by the restarted worker
+        assert g.worker_restarts == 2  # the hang, then its retry with 2x the time
+        hits = g.cache_hits
+        g.check("\\boxed{9^{9^{9^{9}}}}", "1")  # a hang is never cached: it is tried again
+        assert g.cache_hits == hits and g.worker_restarts == 4
 
 
 def test_cache_and_batch_match_single(grader):

@@ -23,7 +23,7 @@ class ScriptedPolicy:
         self.calls.append((len(conversations), num_samples))
         return [[Completion(text=self.rule(conv, g), prompt_ids=(1,) * (3 + len(conv)),
                             token_ids=(5, 6, 7), logprobs=np.full(3, -0.5, np.float32), finished=True,
-                            truncated_prompt=False) for g in range(num_samples)] for conv in conversations]
+                            shortened_prompt=False) for g in range(num_samples)] for conv in conversations]
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,7 @@ def test_single_turn_group_scores_and_failing_env_is_contained(pool):
 def test_pack_aligns_prompt_completion_and_logprobs():
     segs = [type("S", (), {"group": p, "sample": g, "completion": Completion(
         text="", prompt_ids=tuple(range(1, 4 + p)), token_ids=(9,) * (2 + g),
-        logprobs=np.arange(2 + g, dtype=np.float32) - 3, finished=True, truncated_prompt=False)})()
+        logprobs=np.arange(2 + g, dtype=np.float32) - 3, finished=True, shortened_prompt=False)})()
         for p in range(2) for g in range(2)]
     adv = np.array([[1.0, -1.0], [0.5, -0.5]], np.float32)
     mult = np.array([[2.0, 1.0], [1.0, 1.0]], np.float32)

@@ -1,5 +1,6 @@
 """End-to-end training: every method on smoke settings, resume exactness, launcher errors."""
 import dataclasses
+import functools
 import json
 import os
 import signal
@@ -31,12 +32,12 @@ def math_domain():
     return domains.math(num_train=24, num_eval=4, levels=(1, 2))
 
 
-def _run(workdir, domain, method, iterations, **overrides):
+def _run(workdir, domain, method, iterations, sampling=SMOKE_SAMPLING, **overrides):
     curriculum = preset(domain.name, method, overrides={"b_min": 4, "capacity": 32}
                         if method != "grpo" else None)
     run = loop.RunConfig(workdir=str(workdir), num_iterations=iterations, prompts_per_iteration=2,
                          group_size=4, progress=False, **overrides)
-    return loop.train(run, "smoke", domain, curriculum, SMOKE_LEARNER, SMOKE_SAMPLING)
+    return loop.train(run, "smoke", domain, curriculum, SMOKE_LEARNER, sampling)
 
 
 def _stable(records):
@@ -265,9 +266,11 @@ def test_missing_required_macro_is_named(tmp_path):
 
 @pytest.mark.slow
 def test_tool_use_and_mle_domains_train(tmp_path):
-    tool = domains.tool_use(num_train=4, num_eval=2)
+    # BFCL prompts keep their function docs whole (5.8-10.2k smoke tokens here): the budget must hold them.
+    tool = domains.tool_use(num_train=4, num_eval=2, train_max_responses=3)
     _run(tmp_path / "tool", tool, "exit", iterations=2, filter_invalid_responses=True,
-         drop_zero_variance_groups=True)  # tool_use.gin's filter, and DAPO's group dropping on top
+         drop_zero_variance_groups=True,  # tool_use.gin's filter, and DAPO's group dropping on top
+         sampling=dataclasses.replace(SMOKE_SAMPLING, max_prompt_tokens=12288))
     records = read_metrics(str(tmp_path / "tool"))
     assert len(records) == 2 and records[-1]["rollout/model_calls"] >= 8
     # The random model rarely closes a call or ends a request: most responses are filtered out; a batch
@@ -276,12 +279,25 @@ def test_tool_use_and_mle_domains_train(tmp_path):
         assert 0 < r["rollout/invalid_responses"] <= 1 and r["learner/skipped"] == 0
         assert r["rollout/invalid_responses"] < 1 or r["learner/loss"] == 0
     mle = domains.mle(train_ids=["breast_cancer"], eval_ids=["wine"], time_limit_s=20.0)
-    _run(tmp_path / "mle", mle, "improve", iterations=3)  # no divergence: replays improve or debug
+    _run(tmp_path / "mle", mle, "improve", iterations=3,  # no divergence: replays improve or debug
+         sampling=dataclasses.replace(SMOKE_SAMPLING, max_prompt_tokens=4096))  # the task's whole description
     records = read_metrics(str(tmp_path / "mle"))
     assert len(records) == 3
     # A random model writes no runnable solution: every iterate fails, so replays become debug steps.
     assert records[-1]["reward/mean"] == 0.0
     assert max(r["curriculum/debug_fraction"] for r in records) > 0
+
+
+def test_ungraded_rollouts_train_nothing_and_are_counted(tmp_path, math_domain):
+    """A grader that keeps timing out (here: a 0.1 ms budget) leaves its samples ungraded: they are
+    counted, left out of their groups, and never trained on as if they had scored 0."""
+    from exit_jax.envs.math import Grader, GraderConfig, MathEnv
+    with Grader(GraderConfig(soft_timeout_s=1e-4)) as grader:
+        domain = dataclasses.replace(math_domain, make_env=functools.partial(MathEnv, grader=grader))
+        _run(tmp_path, domain, "exit", iterations=1)
+    record = read_metrics(str(tmp_path))[0]
+    assert record["rollout/ungraded"] == 8  # 2 prompts x 4 rollouts; a random model never boxes the answer
+    assert record["learner/loss"] == 0.0 and record["reward/mean"] == 0.0
 
 
 def test_launcher_reports_a_missing_checkpoint_in_one_sentence(tmp_path):

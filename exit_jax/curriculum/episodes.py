@@ -58,6 +58,7 @@ class Rollout:
     score: float  # quality in [0, 1] of the completed trajectory (correctness; normalised MLE score)
     failed: bool = False  # the new iterate errored (MLE: crash, timeout, invalid submission)
     feedback: str = ""  # e.g. the error trace; shown when this iterate is debugged later
+    graded: bool = True  # False: the environment could not score it (a grader timeout); left out of its group
 
 
 def task_key(task_id: str) -> int:
@@ -208,17 +209,20 @@ def update(state: buffer.BufferState, episodes: Sequence[Episode], groups: Seque
            config: CurriculumConfig, iteration: int) -> tuple[buffer.BufferState, np.ndarray]:
     """Scores every group and updates the buffer; returns (state, S float64 [n_groups]).
 
+    `groups` holds the graded rollouts only (the loop leaves ungraded ones out).
+
     All selected entries are re-scored before any insertion, so that a child never evicts a slot whose
     score is still to be overwritten. Only the prefixes that end at or after the start turn are inserted:
     shorter ones are the parent's own prefixes, already in the buffer.
     """
     if len(episodes) != len(groups):
         raise ValueError(f"update got {len(episodes)} episodes but {len(groups)} rollout groups.")
-    scores = np.asarray([rewards.learnability(group_rewards(ep, g, config))
+    # A group left with no rollout (all ungraded) has no score: NaN, and its entry keeps its old one.
+    scores = np.asarray([rewards.learnability(group_rewards(ep, g, config)) if len(g) else np.nan
                          for ep, g in zip(episodes, groups)], np.float64)
     if not config.use_buffer:
         return state, scores
-    replayed = [i for i, ep in enumerate(episodes) if ep.kind == "replay"]
+    replayed = [i for i, ep in enumerate(episodes) if ep.kind == "replay" and len(groups[i])]
     if replayed:
         state = buffer.update_scores(state, [episodes[i].slot for i in replayed], scores[replayed])
     # Curriculum replays starting points: entries that start at the same place are one instance, so

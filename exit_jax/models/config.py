@@ -80,7 +80,8 @@ PRESETS = {
     "tiny": ModelConfig(
         family="llama", vocab_size=512, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
         head_dim=16, intermediate_size=128, rope_theta=10000.0, rms_norm_eps=1e-5,
-        tie_embeddings=True, max_position_embeddings=2048, name="tiny"),
+        # A random test model: the context is declared long enough for BFCL prompts with their docs.
+        tie_embeddings=True, max_position_embeddings=16384, name="tiny"),
     "smollm2-135m-instruct": ModelConfig(
         family="llama", vocab_size=49152, hidden_size=576, num_layers=30, num_heads=9, num_kv_heads=3,
         head_dim=64, intermediate_size=1536, rope_theta=100000.0, rms_norm_eps=1e-5,

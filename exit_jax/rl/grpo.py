@@ -25,36 +25,49 @@ def _check_choice(name: str, value: str, choices: tuple) -> None:
         raise ValueError(f"Unknown {name} {value!r}; expected one of {choices}.")
 
 
-def zero_variance_groups(rewards) -> jax.Array:
-    """[P, G] rewards -> bool [P]: True where every member of the group got the same reward."""
+def zero_variance_groups(rewards, valid=None) -> jax.Array:
+    """[P, G] rewards -> bool [P]: True where every (valid) member of the group got the same reward."""
     rewards = jnp.asarray(rewards, jnp.float32)
-    return jnp.max(rewards, axis=-1) == jnp.min(rewards, axis=-1)
+    valid = jnp.ones(rewards.shape, bool) if valid is None else jnp.asarray(valid, bool)
+    return jnp.max(jnp.where(valid, rewards, -jnp.inf), axis=-1) <= jnp.min(jnp.where(valid, rewards, jnp.inf),
+                                                                         axis=-1)
 
 
-def group_advantages(rewards, scale: str = "group", eps: float = 1e-6, ddof: int = 0) -> jax.Array:
+def group_advantages(rewards, scale: str = "group", eps: float = 1e-6, ddof: int = 0, valid=None) -> jax.Array:
     """Group-relative advantages (paper Eq. 3): (r - mean) / (std + eps) within each group.
 
     rewards: [P, G] (P prompt groups of G rollouts) -> [P, G]. scale="none" only centres the rewards
     (Dr. GRPO). A constant-reward group gets exactly 0: the float rounding of its mean would otherwise be
-    divided by eps and turn into a large spurious advantage.
+    divided by eps and turn into a large spurious advantage. `valid` (bool [P, G]): the samples that count;
+    the others (ungraded) are left out of their group's mean and std and get advantage 0.
     """
     _check_choice("advantage scale", scale, SCALES)
     rewards = jnp.asarray(rewards, jnp.float32)
     if rewards.ndim != 2:
         raise ValueError(f"rewards must have shape [groups, group_size]; got shape {rewards.shape}.")
-    constant = zero_variance_groups(rewards)[:, None]  # [P, 1]
-    centred = rewards - jnp.mean(rewards, axis=-1, keepdims=True)
-    if scale == "group":  # paper §13.4: ddof = 0, eps = 1e-6
-        centred = centred / (jnp.std(rewards, axis=-1, ddof=ddof, keepdims=True) + eps)
-    return jnp.where(constant, 0.0, centred)
+    constant = zero_variance_groups(rewards, valid)[:, None]  # [P, 1]
+    if valid is None:
+        centred = rewards - jnp.mean(rewards, axis=-1, keepdims=True)
+        if scale == "group":  # paper §13.4: ddof = 0, eps = 1e-6
+            centred = centred / (jnp.std(rewards, axis=-1, ddof=ddof, keepdims=True) + eps)
+        return jnp.where(constant, 0.0, centred)
+    valid = jnp.asarray(valid, bool)
+    w = valid.astype(jnp.float32)
+    n = jnp.sum(w, axis=-1, keepdims=True)
+    centred = rewards - jnp.sum(rewards * w, axis=-1, keepdims=True) / jnp.maximum(n, 1.0)
+    if scale == "group":
+        var = jnp.sum(w * centred ** 2, axis=-1, keepdims=True) / jnp.maximum(n - ddof, 1.0)
+        centred = centred / (jnp.sqrt(var) + eps)
+    return jnp.where(constant | ~valid, 0.0, centred)
 
 
-def group_keep_mask(rewards, drop_zero_variance_groups: bool = False) -> jax.Array:
-    """[P, G] -> bool [P, G]: the samples that enter the loss (paper §13.4: all, unless dropping)."""
+def group_keep_mask(rewards, drop_zero_variance_groups: bool = False, valid=None) -> jax.Array:
+    """[P, G] -> bool [P, G]: the samples that enter the loss (paper §13.4: all the valid ones, unless
+    dropping zero-variance groups)."""
     rewards = jnp.asarray(rewards, jnp.float32)
-    keep = jnp.ones(rewards.shape, bool)
+    keep = jnp.ones(rewards.shape, bool) if valid is None else jnp.asarray(valid, bool)
     if drop_zero_variance_groups:
-        keep = keep & ~zero_variance_groups(rewards)[:, None]
+        keep = keep & ~zero_variance_groups(rewards, valid)[:, None]
     return keep
 
 

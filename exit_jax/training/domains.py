@@ -5,8 +5,10 @@ the domain's knobs. Environments are built per rollout (`make_env(task)`), never
 """
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import functools
+import os
 from typing import Callable, Optional, Sequence
 
 from exit_jax.envs.base import Env, Task
@@ -23,6 +25,9 @@ class Domain:
     make_eval_env: Optional[Callable[[Task], Env]] = None
     multi_turn: bool = False
     eval_steps: int = 16  # K of the inference-time self-improvement evaluation (paper: 16 math/MLE)
+    # Scores many (task, reply) pairs in one call with the rewards of `make_env` (math: one math-verify
+    # round trip per evaluation step); None: a fresh environment per reply.
+    grade_batch: Optional[Callable] = None
 
     def __post_init__(self):
         if not self.train_tasks:
@@ -31,23 +36,38 @@ class Domain:
 
 def math(num_train: int = 1280, num_eval: int = 64, families: Optional[Sequence[str]] = None,
          levels: Sequence[int] = (1, 2, 3, 4, 5), train_file: Optional[str] = None,
-         eval_file: Optional[str] = None, system_prompt: Optional[str] = None, seed: int = 0) -> Domain:
-    """Procedural competition math (offline default), or local JSONL/Parquet files with problem + answer.
+         eval_file: Optional[str] = None, system_prompt: Optional[str] = None, seed: int = 0,
+         anchorless: str = "latex", train_split: str = "train", eval_split: str = "test",
+         problem_field: str = "problem", answer_field: Optional[str] = None) -> Domain:
+    """Procedural competition math (offline default), or the user's data (docs/data.md).
 
-    The paper trains on 1,280 problems (paper_notes §9).
+    `train_file` / `eval_file`: a .jsonl/.json/.parquet file, or the folder of a prepared
+    tensorflow-datasets build (array_record; `train_split` / `eval_split` pick its splits). Records need a
+    `problem_field` and an `answer_field` (default: `answer`, else the last box of `solution`).
+    The paper trains on 1,280 problems (paper_notes §9). `anchorless`: which answers without a box or an
+    answer phrase the math-verify reward accepts (envs.math.GraderConfig; docs/math_grading.md).
     """
     from exit_jax.envs import math as math_env
+
+    def load(path, split):
+        if os.path.isdir(os.path.expanduser(path)):
+            return math_env.load_tfds(path, split, problem_field, answer_field)
+        return math_env.load_jsonl_or_parquet(path, problem_field, answer_field=answer_field)
+
     families = tuple(families) if families is not None else tuple(math_env.FAMILIES)
     if train_file:
-        train = math_env.load_jsonl_or_parquet(train_file)[:num_train]
+        train = load(train_file, train_split)[:num_train]
     else:
         train = math_env.math_tasks("train", num_train, families=families, levels=levels, seed=seed)
     if eval_file:
-        held_out = math_env.load_jsonl_or_parquet(eval_file)[:num_eval]
+        held_out = load(eval_file, eval_split)[:num_eval]
     else:
         held_out = math_env.math_tasks("test", num_eval, families=families, levels=levels, seed=seed)
-    make_env = functools.partial(math_env.MathEnv, system_prompt=system_prompt)
-    return Domain("math", tuple(train), tuple(held_out), make_env, eval_steps=16)
+    grader = math_env.Grader(math_env.GraderConfig(anchorless=anchorless))  # its worker starts on first use
+    atexit.register(grader.close)
+    make_env = functools.partial(math_env.MathEnv, system_prompt=system_prompt, grader=grader)
+    return Domain("math", tuple(train), tuple(held_out), make_env, eval_steps=16,
+                  grade_batch=functools.partial(math_env.grade_tasks, grader=grader))
 
 
 def tool_use(protocol: str = "json_tag", train_user_turns: Optional[int] = 1,

@@ -33,8 +33,7 @@ def evaluate_policy(policy, domain: Domain, num_tasks: Optional[int] = None, K: 
     K = domain.eval_steps if K is None else K
     progress = lambda k, v: log.info("%s eval step %d: %.4f", domain.name, k, v)  # noqa: E731
     if domain.name == "math":
-        from exit_jax.envs.math import grade_tasks
-        result = self_improve.evaluate(policy, tasks, domain.make_env, K=K, n=n, grade_batch=grade_tasks,
+        result = self_improve.evaluate(policy, tasks, domain.make_env, K=K, n=n, grade_batch=domain.grade_batch,
                                        group_of=lambda t: t.data.get("family", "all"), on_step=progress)
         return {"self_improvement": result}
     if domain.name == "tool_use":

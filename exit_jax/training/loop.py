@@ -140,15 +140,24 @@ def load_model(model: Any, domain: Domain, workdir: str, dtype: str = "float32",
     return models.load(model, dtype=dtype, shardings=shardings)
 
 
-def _advantages(groups, episodes, curriculum: CurriculumConfig, embedder, normalize: str):
-    """Training rewards [P, G], GRPO advantages [P, G] (paper Eq. 3) and Eq. 6 multipliers [P, G]."""
+def _advantages(groups, episodes, curriculum: CurriculumConfig, embedder, normalize: str, graded):
+    """Training rewards [P, G], GRPO advantages [P, G] (paper Eq. 3) and Eq. 6 multipliers [P, G].
+    Ungraded rollouts (`graded` False) are left out of their group's statistics (advantage 0)."""
     rewards = np.stack([episodes_lib.group_rewards(ep, g, curriculum) for ep, g in zip(episodes, groups)])
-    adv = np.asarray(grpo.group_advantages(rewards, scale=normalize), np.float32)
+    adv = np.asarray(grpo.group_advantages(rewards, scale=normalize, valid=graded), np.float32)
     mult = np.ones_like(adv)
     if curriculum.diversity_bonus:  # full ExIt: Â_i = d_i · A_i (paper §4.2)
         for p, group in enumerate(groups):
             mult[p] = diversity.group_coefficients(embedder, [r.responses[0] for r in group])
     return rewards, adv, mult
+
+
+def opening_prompts(domain: Domain):
+    """(task id, first prompt) of every training and held-out task."""
+    for tasks, make_env in ((domain.train_tasks, domain.make_env),
+                            (domain.eval_tasks, domain.make_eval_env or domain.make_env)):
+        for task in tasks:
+            yield task.id, make_env(task).reset()
 
 
 def train(run: RunConfig, model: Any, domain: Domain, curriculum: CurriculumConfig,
@@ -195,6 +204,7 @@ def train(run: RunConfig, model: Any, domain: Domain, curriculum: CurriculumConf
     update = parallel.make_update(lm.config, learner, mesh)
     sample_mesh = mesh if sharded else None
     policy = TextPolicy(lm, sampling, stop_strings=domain.stop_strings, mesh=sample_mesh)
+    policy.check_fits(opening_prompts(domain))
     sampling_params = functools.partial(_sampling_params, learner=learner, dtype=lm.dtype, mesh=sample_mesh)
     policy.params = sampling_params(state)
     embedder = None
@@ -226,8 +236,9 @@ def train(run: RunConfig, model: Any, domain: Domain, curriculum: CurriculumConf
                                                       seed=run.seed * 1_000_003 + it, pool=pool)
             t2 = time.perf_counter()
             _note_slow("rollout", it, t2 - t1, f"{int(roll_stats['rollout/completion_tokens'])} tokens sampled")
-            rewards, adv, mult = _advantages(groups, episodes, curriculum, embedder, normalize)
-            keep = np.asarray(grpo.group_keep_mask(rewards, run.drop_zero_variance_groups))
+            graded = np.array([[r.graded for r in g] for g in groups])
+            rewards, adv, mult = _advantages(groups, episodes, curriculum, embedder, normalize, graded)
+            keep = np.asarray(grpo.group_keep_mask(rewards, run.drop_zero_variance_groups, graded))
             keep = [keep[s.group, s.sample] and (s.valid or not run.filter_invalid_responses) for s in segments]
             batch = batch_lib.pack(segments, adv, mult, sampling.max_new_tokens,
                                    lm.tokenizer.pad_id, row_multiple, sampling.min_bucket, keep)
@@ -244,7 +255,8 @@ def train(run: RunConfig, model: Any, domain: Domain, curriculum: CurriculumConf
                     f"rewards and data; the checkpoints in {ckpt.directory} are untouched.")
             t3 = time.perf_counter()
             _note_slow("update", it, t3 - t2, f"{batch['tokens'].shape[0]} rows of {batch['tokens'].shape[1]} tokens")
-            buf, scores = episodes_lib.update(buf, episodes, groups, curriculum, it)
+            buf, scores = episodes_lib.update(buf, episodes, [[r for r in g if r.graded] for g in groups],
+                                              curriculum, it)
             seen = stats.update_seen(host.seen, episodes)
             host = HostState(it + 1, buf, host.rng, seen,
                              host.sampled_tokens + int(roll_stats["rollout/completion_tokens"]))
@@ -255,12 +267,12 @@ def train(run: RunConfig, model: Any, domain: Domain, curriculum: CurriculumConf
             t4 = time.perf_counter()
             trained_tokens = int(batch["completion_mask"].sum())
             metrics = {
-                "reward/mean": float(np.mean([r.score for g in groups for r in g])),
-                "reward/train_mean": float(rewards.mean()),
-                "reward/group_std": float(rewards.std(axis=1).mean()),
+                "reward/mean": _mean([r.score for g in groups for r in g if r.graded]),
+                "reward/train_mean": _mean(rewards[graded]),
+                "reward/group_std": _mean([r[g].std() for r, g in zip(rewards, graded) if g.any()]),
                 "advantage/multiplier_mean": float(mult.mean()),
                 **roll_stats, **learn,
-                **stats.iteration_stats(buf, episodes, it, seen, scores),
+                **stats.iteration_stats(buf, episodes, it, seen, scores[~np.isnan(scores)]),
                 "time/plan_s": t1 - t0, "time/rollout_s": t2 - t1, "time/update_s": t3 - t2,
                 "time/buffer_checkpoint_s": t4 - t3, "time/iteration_s": t4 - t0,
                 "throughput/sampled_tokens_per_s": roll_stats["rollout/completion_tokens"] / (t2 - t1),
@@ -283,6 +295,11 @@ def train(run: RunConfig, model: Any, domain: Domain, curriculum: CurriculumConf
     if evaluate_at_end is not None:
         metrics.update(_evaluate(evaluate_at_end, policy, domain, run, curriculum, host.iteration))
     return metrics
+
+
+def _mean(values) -> float:
+    values = np.asarray(values, np.float64)
+    return float(values.mean()) if values.size else 0.0
 
 
 EVAL_SEED_STRIDE = 1_000_000  # sampler calls an evaluation may make before two seeds' draws could meet

@@ -11,16 +11,17 @@ from typing import Optional, Sequence
 import numpy as np
 
 from exit_jax.sampling import Sampler
+from exit_jax.training import prompt_fit
 
 
 @dataclasses.dataclass(frozen=True)
 class Completion:
     text: str
-    prompt_ids: tuple  # the prompt tokens that were fed (after left truncation)
+    prompt_ids: tuple  # the prompt tokens that were fed (after fitting into max_prompt_tokens)
     token_ids: tuple  # completion tokens, stop token included
     logprobs: np.ndarray  # float32 [len(token_ids)]: log_softmax(logits / T) of each sampled token
     finished: bool  # ended on a stop id (False: hit max_new_tokens)
-    truncated_prompt: bool  # the prompt was longer than max_prompt_tokens and lost its start
+    shortened_prompt: bool  # the prompt was longer than max_prompt_tokens and lost middle messages
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,12 +72,47 @@ class TextPolicy:
                 attention=self.config.attention)
         return self._samplers[num_samples]
 
+    def _ids(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> list:
+        tok = self.lm.tokenizer
+        return tok.encode(tok.apply_chat_template(list(messages), add_generation_prompt=add_generation_prompt))
+
     def encode(self, messages: Sequence[dict]) -> tuple[list, bool]:
-        """Chat-templated prompt ids, keeping the last max_prompt_tokens (the newest context)."""
-        text = self.lm.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True)
-        ids = self.lm.tokenizer.encode(text)
+        """Chat-templated prompt ids within max_prompt_tokens, and whether the prompt had to be shortened.
+
+        Too long, it drops whole middle messages (prompt_fit: the system prompt and the newest context
+        stay). If even that is too long, tokens are cut after the system messages, never before them.
+        """
         limit = self.config.max_prompt_tokens
-        return (ids[-limit:], True) if len(ids) > limit else (ids, False)
+        ids = self._ids(messages)
+        if len(ids) <= limit:
+            return ids, False
+        fitted, _ = prompt_fit.fit(messages, lambda m: len(self._ids(m)), limit)
+        ids = self._ids(fitted)
+        if len(ids) > limit:
+            head = [m for m in fitted if m.get("role") == "system"][:1]
+            keep = len(self._ids(head, add_generation_prompt=False)) if head else 0
+            keep = keep if keep < limit else 0
+            ids = ids[:keep] + ids[len(ids) - (limit - keep):]
+        return ids, True
+
+    def check_fits(self, prompts: Sequence[tuple[str, Sequence[dict]]]) -> None:
+        """Refuses a prompt budget beyond the model's context, or one that cannot hold an opening prompt
+        (system messages and the first request), which no dropping of middle messages could shorten.
+        `prompts`: (task id, messages)."""
+        limit, tok = self.config.max_prompt_tokens, self.lm.tokenizer
+        context = self.lm.config.max_position_embeddings
+        if limit + self.config.max_new_tokens > context:
+            raise ValueError(f"SamplingConfig.max_prompt_tokens={limit} plus max_new_tokens="
+                             f"{self.config.max_new_tokens} exceed the model's {context}-token context; lower "
+                             f"max_prompt_tokens to at most {context - self.config.max_new_tokens}.")
+        for task_id, messages in prompts:
+            text = tok.apply_chat_template(list(messages), add_generation_prompt=True)
+            if len(text.encode("utf-8")) <= limit:  # a token is at least one byte: no need to encode
+                continue
+            n = len(tok.encode(text))
+            if n > limit:
+                raise ValueError(f"SamplingConfig.max_prompt_tokens={limit} cannot hold the {n}-token opening "
+                                 f"prompt of task {task_id!r}; raise it to at least {n}.")
 
     def sample(self, conversations: Sequence[Sequence[dict]], num_samples: int, seed: int,
                temperature: Optional[float] = None) -> list:
@@ -104,7 +140,7 @@ class TextPolicy:
         decode = self.lm.tokenizer.decode
         eos = set(self.lm.tokenizer.eos_ids)
         result = []
-        for p, (ids, truncated) in enumerate(encoded):
+        for p, (ids, shortened) in enumerate(encoded):
             row = []
             for g in range(num_samples):
                 n = int(out.lengths[p, g])
@@ -113,7 +149,7 @@ class TextPolicy:
                 row.append(Completion(text=decode(text_ids, skip_special_tokens=True),
                                       prompt_ids=tuple(ids), token_ids=tuple(tokens),
                                       logprobs=np.asarray(out.logprobs[p, g, :n], np.float32),
-                                      finished=bool(out.finished[p, g]), truncated_prompt=truncated))
+                                      finished=bool(out.finished[p, g]), shortened_prompt=shortened))
             result.append(row)
         return result
 

@@ -72,8 +72,9 @@ def _rollout_record(live: _Live) -> Rollout:
     failed = bool(live.first_info.get("failed", live.first_info.get("valid") is False))
     feedback = str(live.first_info.get("error", "") or "")
     score = float(live.result.reward) if live.result is not None else 0.0
+    graded = live.result is None or not live.result.info.get("ungraded", False)
     return Rollout(responses=tuple(live.responses), score=min(max(score, 0.0), 1.0), failed=failed,
-                   feedback=feedback)
+                   feedback=feedback, graded=graded)
 
 
 def run_groups(policy: TextPolicy, episodes: Sequence[Episode], group_size: int,
@@ -121,8 +122,9 @@ def run_groups(policy: TextPolicy, episodes: Sequence[Episode], group_size: int,
         "rollout/completion_tokens": sum(len(c.token_ids) for c in completions),
         "rollout/mean_completion_tokens": sum(len(c.token_ids) for c in completions) / len(completions),
         "rollout/hit_max_new_tokens": sum(not c.finished for c in completions) / len(completions),
-        "rollout/truncated_prompts": sum(c.truncated_prompt for c in completions),
+        "rollout/shortened_prompts": sum(c.shortened_prompt for c in completions),
         "rollout/invalid_responses": sum(not s.valid for s in segments) / len(segments),
+        "rollout/ungraded": sum(not r.graded for g in groups for r in g),
         "rollout/mean_prompt_tokens": sum(len(c.prompt_ids) for c in completions) / len(completions),
     }
     return groups, segments, stats

@@ -1,4 +1,7 @@
-"""Answer extraction and Hendrycks-style normalisation for `\\boxed{}` answers (domains.md §1.3).
+"""`\\boxed{}` parsing and Hendrycks-style normalisation of answers (docs/math_grading.md).
+
+Answers are extracted from responses by math-verify (grader.py); what is here serves the grader's fast
+path, gold answers of datasets and the procedural generator.
 
 Everything here is pure string work on untrusted model text: no function raises on any input, and the
 regexes are linear (no nested quantifiers), so a hostile string cannot make them backtrack for long.
@@ -55,34 +58,6 @@ def last_boxed(text: str) -> tuple[str | None, str]:
     return (content, "boxed") if content else (None, "malformed_box")
 
 
-_FINAL_ANSWER = re.compile(r"final answer\s*(?:is)?\s*[:：]?\s*([^\n]*)", re.IGNORECASE)
-# Integers with optional thousands separators, decimals and simple a/b fractions (GSM8K style).
-_NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?")
-
-
-def extract_answer(text: str) -> tuple[str | None, str]:
-    """The answer a response commits to, and how it was found.
-
-    Order (domains.md §1.3): the last box; else the text after the last "Final Answer:"; else the last
-    number in the text. A present-but-malformed last box yields no answer rather than a fallback: the
-    model tried to box something and failed, so an earlier number would be a guess on its behalf.
-    """
-    if not isinstance(text, str) or not text.strip():
-        return None, "empty_response"
-    content, status = last_boxed(text)
-    if status != "no_box":
-        return content, status
-    matches = list(_FINAL_ANSWER.finditer(text))
-    if matches:
-        ans = matches[-1].group(1).strip().rstrip(".").strip().strip("$").strip()
-        if ans:
-            return ans, "final_answer"
-    numbers = _NUMBER.findall(text)
-    if numbers:
-        return numbers[-1].replace(",", ""), "last_number"
-    return None, "no_answer"
-
-
 # ---------------------------------------------------------------------------------------------------
 # Normalisation (hendrycks/math `_strip_string` conventions, re-implemented).
 
@@ -122,7 +97,7 @@ def _fix_fracs(s: str) -> str:
 
 
 def normalize(answer: str) -> str:
-    """Hendrycks-style canonical string of an answer (order as in domains.md §1.3)."""
+    """Hendrycks-style canonical string of an answer (the fast path compares these)."""
     s = str(answer).strip()
     s = s.replace("\n", "").replace("\\!", "")
     s = s.replace("\\\\", "\\")
@@ -173,20 +148,6 @@ def as_fraction(normalized: str) -> Fraction | None:
             return -value if m.group(1) else value
     except (ValueError, ZeroDivisionError):
         return None
-    return None
-
-
-def fast_equal(pred: str, gold: str) -> str | None:
-    """The fast path of §1.3: a reason string when `pred` surely equals `gold`, else None.
-
-    It may only say "equal"; any mismatch is left to math-verify, which knows far more equivalences.
-    """
-    p, g = normalize(pred), normalize(gold)
-    if p == g and p:
-        return "exact_match"
-    fp, fg = as_fraction(p), as_fraction(g)
-    if fp is not None and fg is not None and fp == fg:
-        return "fraction_match"
     return None
 
 

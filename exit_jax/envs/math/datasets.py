@@ -44,39 +44,52 @@ def _read_rows(path: str) -> list[dict]:
     raise ValueError(f"math dataset file {path!r} must end in .jsonl, .json or .parquet")
 
 
-def gold_answer(record: dict, where: str = "record") -> str:
-    """The gold answer of a record: `answer`, else the last `\\boxed{}` of `solution`."""
+def _final(text: str) -> str:
+    """The final answer inside a gold field: after GSM8K's "####", else its last box, else all of it."""
+    if "####" in text:
+        return text.rsplit("####", 1)[1].strip().replace(",", "")
+    boxed, _ = last_boxed(text)
+    return boxed if boxed is not None else text
+
+
+def gold_answer(record: dict, where: str = "record", answer_field: str | None = None) -> str:
+    """The gold answer of a record: its `answer_field`; by default `answer`, else the last `\\boxed{}`
+    of `solution`."""
+    if answer_field is not None:
+        value = record.get(answer_field)
+        if value is None or not str(value).strip():
+            raise ValueError(f"{where} has no non-empty {answer_field!r} field (set answer_field)")
+        return _final(str(value).strip())
     answer = record.get("answer")
     if answer is not None and str(answer).strip():
-        answer = str(answer).strip()
-        if "####" in answer:  # GSM8K style: the final answer follows "#### "
-            answer = answer.rsplit("####", 1)[1].strip().replace(",", "")
-        return answer
+        return _final(str(answer).strip())
     solution = record.get("solution")
-    if isinstance(solution, str):
-        boxed, status = last_boxed(solution)
-        if boxed is not None:
-            return boxed
+    if isinstance(solution, str) and last_boxed(solution)[0] is not None:
+        return last_boxed(solution)[0]
     raise ValueError(f"{where} has neither an 'answer' nor a 'solution' with a final \\boxed{{}}")
 
 
-def load_records(path: str, problem_field: str = "problem") -> list[dict]:
-    """Validated records {problem, answer, index, + optional fields} from a .jsonl/.json/.parquet file."""
-    rows = _read_rows(path)
+def _records(rows: Iterable, where: str, problem_field: str, answer_field: str | None) -> list[dict]:
+    """Validated records {problem, answer, index, + optional fields} from raw rows."""
     out = []
     for i, row in enumerate(rows):
-        where = f"record {i} of {path!r}"
+        at = f"record {i} of {where}"
         if not isinstance(row, dict):
-            raise ValueError(f"{where} is not a JSON object")
+            raise ValueError(f"{at} is not a JSON object")
         problem = row.get(problem_field)
         if not isinstance(problem, str) or not problem.strip():
-            raise ValueError(f"{where} has no non-empty {problem_field!r} field")
-        record = {"problem": problem, "answer": gold_answer(row, where), "index": i}
+            raise ValueError(f"{at} has no non-empty {problem_field!r} field (set problem_field)")
+        record = {"problem": problem, "answer": gold_answer(row, at, answer_field), "index": i}
         for key in _OPTIONAL_FIELDS:
             if row.get(key) is not None:
                 record[key] = str(row[key])
         out.append(record)
     return out
+
+
+def load_records(path: str, problem_field: str = "problem", answer_field: str | None = None) -> list[dict]:
+    """Validated records {problem, answer, index, + optional fields} from a .jsonl/.json/.parquet file."""
+    return _records(_read_rows(path), repr(path), problem_field, answer_field)
 
 
 def records_to_tasks(records: Iterable[dict], source: str, add_instruction: bool = True) -> list[Task]:
@@ -93,10 +106,43 @@ def records_to_tasks(records: Iterable[dict], source: str, add_instruction: bool
     return tasks
 
 
-def load_jsonl_or_parquet(path: str, problem_field: str = "problem", source: str | None = None) -> list[Task]:
+def load_jsonl_or_parquet(path: str, problem_field: str = "problem", source: str | None = None,
+                          answer_field: str | None = None) -> list[Task]:
     """Tasks from a local JSONL/JSON/Parquet file with `problem` + `answer` (or `solution`)."""
     name = source or os.path.splitext(os.path.basename(path))[0]
-    return records_to_tasks(load_records(path, problem_field), name)
+    return records_to_tasks(load_records(path, problem_field, answer_field), name)
+
+
+def load_tfds(builder_dir: str, split: str = "train", problem_field: str = "problem",
+              answer_field: str | None = None, source: str | None = None) -> list[Task]:
+    """Tasks from a prepared tensorflow-datasets dataset (a local MATH or GSM8K build, say), read with
+    `builder_from_directory` + `as_data_source`: random access to array_record files, no TensorFlow.
+
+    `builder_dir` is the folder of one version, the one holding `dataset_info.json` (for example
+    ~/tensorflow_datasets/gsm8k/main/1.0.0); GSM8K's fields are problem_field="question", "answer".
+    """
+    import tensorflow_datasets as tfds
+    builder_dir = os.path.expanduser(builder_dir)
+    if not os.path.isfile(os.path.join(builder_dir, "dataset_info.json")):
+        raise FileNotFoundError(f"{builder_dir!r} is not a prepared tensorflow-datasets folder (no "
+                                "dataset_info.json); give the folder of one version, e.g. "
+                                "~/tensorflow_datasets/gsm8k/main/1.0.0")
+    builder = tfds.builder_from_directory(builder_dir)
+    splits = sorted(builder.info.splits)
+    if split not in splits:
+        raise ValueError(f"the tensorflow-datasets dataset in {builder_dir!r} has no split {split!r}; its "
+                         f"splits are {splits} (set train_split / eval_split)")
+    file_format = str(builder.info.file_format.value if builder.info.file_format else "tfrecord")
+    if file_format != "array_record":
+        raise ValueError(f"the tensorflow-datasets dataset in {builder_dir!r} is stored as {file_format}; "
+                         "reading it without TensorFlow needs array_record: rebuild it with `tfds build "
+                         f"{builder.info.name} --file_format=array_record`")
+    ds = builder.as_data_source(split=split)
+    rows = [{k: v.decode("utf-8") if isinstance(v, bytes) else v for k, v in ds[i].items()}
+            for i in range(len(ds))]
+    name = source or builder.info.name
+    return records_to_tasks(_records(rows, f"{builder_dir!r} split {split!r}", problem_field, answer_field),
+                            f"{name}/{split}")
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -49,7 +49,9 @@ class MathEnv(Env):
 
 
 def _info(result: GradeResult) -> dict:
-    return {"reason": result.reason, "extracted_answer": result.extracted, "extraction": result.extraction}
+    # "ungraded": grading timed out twice; the training loop leaves the sample out of its group.
+    return {"reason": result.reason, "extracted_answer": result.extracted, "extraction": result.extraction,
+            "ungraded": not result.graded}
 
 
 def grade_tasks(tasks: Sequence[Task], replies: Sequence[str], grader: Grader | None = None) -> list[StepResult]:

@@ -1,11 +1,16 @@
-"""Binary math reward: last `\\boxed{}` answer vs gold (domains.md §1.3; paper §5, math-verify reward).
+"""Binary math reward with math-verify's extraction (paper §5: a math-verify reward; docs/math_grading.md).
 
-Pipeline per response: extract the answer (answers.extract_answer) -> fast path (normalised string or
-exact Fraction equality; may only say "equal") -> math-verify in a worker process with a hard timeout.
-Results of the slow path are cached by (prediction, gold). `check_batch` grades the G x P responses of a
-training iteration with one round trip to the worker.
+Pipeline per response: a fast path for the one case it provably agrees with math-verify (a single box,
+no "final answer" phrasing, a plain number equal to a plain-number gold answer) -> otherwise the whole
+response (its last `max_response_chars`) goes to math-verify's `parse` + `verify` in a worker process
+with a hard timeout. Verdicts are cached by (response, gold). `check_batch` grades the G x P responses of
+a training iteration with one round trip to the worker.
 
-Untrusted text never raises here: every failure is reward 0 with a reason.
+A response whose grading times out is retried once with longer timeouts; if it times out again it is
+*ungraded* (`GradeResult.graded` False): the training loop leaves it out of its group instead of
+scoring it 0, since a timeout says more about the machine's load than about the answer.
+
+Untrusted text never raises here: every failure is reward 0 (or ungraded) with a reason.
 """
 from __future__ import annotations
 
@@ -24,7 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from typing import Sequence
 
-from exit_jax.envs.math.answers import extract_answer, fast_equal
+from exit_jax.envs.math.answers import as_fraction, last_boxed, normalize
+from exit_jax.envs.math.verify_worker import ANCHORLESS  # the worker's modes (docs/math_grading.md)
 
 log = logging.getLogger(__name__)
 
@@ -39,23 +45,54 @@ def math_verify_version() -> str:
         return "missing"
 
 
+_HANGS = ("timeout", "worker_died", "worker_protocol_error", "worker_unavailable")  # say nothing of the answer
+
+
 @dataclasses.dataclass(frozen=True)
 class GraderConfig:
     soft_timeout_s: float = 2.0  # per pair, enforced inside the worker by a timer signal
     hard_timeout_s: float = 6.0  # per pair, enforced by killing the worker (C-level hangs)
     startup_timeout_s: float = 120.0  # importing sympy on a loaded 2-core machine can be slow
-    max_answer_chars: int = 1000  # longer "answers" are not answers; never hand them to sympy
+    retry_timeout_factor: float = 4.0  # a timed-out pair is retried once with timeouts this much longer
+    max_response_chars: int = 4000  # math-verify reads the response's tail: answers come last
+    # Answers without an anchor (a box, "final answer is", "answer:"): "latex" counts LaTeX environments
+    # anywhere and a plain number only when it is the whole reply (no last-number fallback, which rewards
+    # text that merely ends in the gold number); "math_verify" is math-verify's default; "none".
+    anchorless: str = "latex"
     cache_size: int = 200_000
     use_math_verify: bool = True  # False: fast path only (no subprocess)
     num_workers: int = 1  # worker processes sharing a batch; more helps on many-core hosts
+
+    def __post_init__(self):
+        if self.anchorless not in ANCHORLESS:
+            raise ValueError(f"GraderConfig.anchorless must be one of {ANCHORLESS}, got {self.anchorless!r}.")
+        if self.num_workers < 1:
+            raise ValueError(f"GraderConfig.num_workers must be >= 1, got {self.num_workers}")
 
 
 @dataclasses.dataclass(frozen=True)
 class GradeResult:
     reward: float  # 1.0 or 0.0
-    reason: str  # exact_match | fraction_match | math_verify | mismatch | timeout | no_answer | ...
-    extracted: str | None  # the answer the response committed to
-    extraction: str  # boxed | final_answer | last_number | no_box | malformed_box | ...
+    reason: str  # exact_match | fraction_match | math_verify | mismatch | no_answer | timeout | ...
+    extracted: str | None  # the answer the response committed to, as extracted
+    extraction: str  # fast_box | math_verify | none
+    graded: bool = True  # False: grading kept timing out; the sample says nothing about the policy
+
+
+def fast_path(response: str, gold: str) -> GradeResult | None:
+    """Reward 1 without math-verify where it provably agrees: exactly one box and no "final answer"
+    phrasing (so math-verify's extraction picks that box too), both sides plain numbers of equal value
+    (which math-verify's numeric comparison also accepts). Anything else goes to math-verify."""
+    if response.count("\\boxed") + response.count("\\fbox") != 1 or "final answer" in response.lower():
+        return None
+    pred, status = last_boxed(response)
+    if status != "boxed":
+        return None
+    p, g = normalize(pred), normalize(gold)
+    fp, fg = as_fraction(p), as_fraction(g)
+    if fp is None or fg is None or fp != fg:
+        return None
+    return GradeResult(1.0, "exact_match" if p == g else "fraction_match", pred, "fast_box")
 
 
 class _Worker:
@@ -123,36 +160,38 @@ class _Worker:
             self._proc = None
             self._buf = b""
 
-    def verify(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[bool, str]]:
-        """[(is_equivalent, reason)] for (gold, pred) pairs; a pair that hangs is ("timeout")."""
-        results: list[tuple[bool, str]] = []
-        while len(results) < len(pairs):
+    def verify(self, items: Sequence[tuple[str, str]], anchorless: str,
+               scale: float = 1.0) -> list[tuple[bool, str, str | None]]:
+        """[(is_equivalent, reason, extracted)] for (gold, response) items; a hang is (False, "timeout")."""
+        results: list[tuple[bool, str, str | None]] = []
+        while len(results) < len(items):
             if self._proc is None or self._proc.poll() is not None:
                 if self._proc is not None:
                     self.kill()
                     self.restarts += 1
                 if not self._start():
-                    results.extend([(False, "worker_unavailable")] * (len(pairs) - len(results)))
+                    results.extend([(False, "worker_unavailable", None)] * (len(items) - len(results)))
                     break
-            todo = pairs[len(results):]
-            request = {"pairs": [list(p) for p in todo], "timeout": self._config.soft_timeout_s}
+            todo = items[len(results):]
+            request = {"items": [list(p) for p in todo], "timeout": self._config.soft_timeout_s * scale,
+                       "anchorless": anchorless}
             try:
                 self._proc.stdin.write((json.dumps(request) + "\n").encode())
                 self._proc.stdin.flush()
             except (BrokenPipeError, OSError):
                 self.kill()
                 self.restarts += 1
-                results.append((False, "worker_died"))  # skip the pair that was being sent
+                results.append((False, "worker_died", None))  # skip the item that was being sent
                 continue
             for k in range(len(todo)):
-                msg, status = self._read_line(self._config.hard_timeout_s)
+                msg, status = self._read_line(self._config.hard_timeout_s * scale)
                 if msg is None or msg.get("i") != k:
-                    # A hang (or crash) on pair k: it scores 0; the rest go to a fresh worker.
-                    results.append((False, status if msg is None else "worker_protocol_error"))
+                    # A hang (or crash) on item k: the rest go to a fresh worker.
+                    results.append((False, status if msg is None else "worker_protocol_error", None))
                     self.kill()
                     self.restarts += 1
                     break
-                results.append((bool(msg.get("ok")), str(msg.get("reason", "mismatch"))))
+                results.append((bool(msg.get("ok")), str(msg.get("reason", "mismatch")), msg.get("extracted")))
         return results
 
 
@@ -160,8 +199,6 @@ class Grader:
     """Grades responses against gold answers. Holds the worker process and the (pred, gold) cache."""
 
     def __init__(self, config: GraderConfig = GraderConfig()):
-        if config.num_workers < 1:
-            raise ValueError(f"GraderConfig.num_workers must be >= 1, got {config.num_workers}")
         self.config = config
         self._workers = [_Worker(config) for _ in range(config.num_workers)]
         self._cache: collections.OrderedDict = collections.OrderedDict()
@@ -198,38 +235,31 @@ class Grader:
                              f"and {len(answers)} answers")
         results: list[GradeResult | None] = [None] * len(responses)
         pending: dict[tuple[str, str], list[int]] = {}
-        extracted: list[tuple[str | None, str]] = []
         for i, (response, gold) in enumerate(zip(responses, answers)):
             gold = str(gold).strip()
-            pred, how = extract_answer(response if isinstance(response, str) else "")
-            extracted.append((pred, how))
             if not gold:
-                results[i] = GradeResult(0.0, "empty_gold", pred, how)
-            elif pred is None:
-                results[i] = GradeResult(0.0, how, None, how)
+                results[i] = GradeResult(0.0, "empty_gold", None, "none")
+            elif not isinstance(response, str) or not response.strip():
+                results[i] = GradeResult(0.0, "empty_response", None, "none")
             else:
-                # The cheap exact checks run whatever the length (a long gold answer must still match
-                # itself); only sympy / math-verify, whose cost grows with the text, are spared long ones.
-                fast = fast_equal(pred, gold)
-                if fast is not None:
-                    results[i] = GradeResult(1.0, fast, pred, how)
-                elif len(pred) > self.config.max_answer_chars:
-                    results[i] = GradeResult(0.0, "answer_too_long", pred[:80], how)
-                else:
-                    pending.setdefault((pred, gold), []).append(i)
+                results[i] = fast_path(response, gold)
+                if results[i] is None:
+                    pending.setdefault((response[-self.config.max_response_chars:], gold), []).append(i)
         if pending:
             with self._lock:
                 verdicts = self._slow_path(list(pending))
-            for key, (ok, reason) in zip(pending, verdicts):
+            for key, (ok, reason, extracted) in zip(pending, verdicts):
+                graded = reason not in _HANGS
+                result = GradeResult(1.0 if ok else 0.0, reason if graded else f"ungraded: {reason}", extracted,
+                                     "math_verify" if extracted is not None else "none", graded)
                 for i in pending[key]:
-                    pred, how = extracted[i]
-                    results[i] = GradeResult(1.0 if ok else 0.0, reason, pred, how)
+                    results[i] = result
         return results  # type: ignore[return-value]
 
-    def _slow_path(self, keys: list[tuple[str, str]]) -> list[tuple[bool, str]]:
+    def _slow_path(self, keys: list[tuple[str, str]]) -> list[tuple[bool, str, str | None]]:
         if not self.config.use_math_verify:
-            return [(False, "mismatch")] * len(keys)
-        out: dict[tuple[str, str], tuple[bool, str]] = {}
+            return [(False, "mismatch", None)] * len(keys)
+        out: dict = {}
         misses = []
         for key in keys:
             if key in self._cache:
@@ -238,26 +268,31 @@ class Grader:
                 self.cache_hits += 1
             else:
                 misses.append(key)
-        if misses:
-            verdicts = self._verify([(gold, pred) for pred, gold in misses])
-            for key, verdict in zip(misses, verdicts):
-                out[key] = verdict
-                # A missing worker is an outage, not a property of the pair: do not remember it.
-                if verdict[1] != "worker_unavailable":
-                    self._cache[key] = verdict
-            while len(self._cache) > self.config.cache_size:
-                self._cache.popitem(last=False)
+        verdicts = self._verify(misses) if misses else []
+        retry = [j for j, v in enumerate(verdicts) if v[1] in _HANGS]
+        if retry:  # once, with longer timeouts: on a loaded machine a fair answer can be slow
+            again = self._verify([misses[j] for j in retry], self.config.retry_timeout_factor)
+            for j, verdict in zip(retry, again):
+                verdicts[j] = verdict
+        for key, verdict in zip(misses, verdicts):
+            out[key] = verdict
+            if verdict[1] not in _HANGS:  # a hang is the machine's state, not the pair's: never cache it
+                self._cache[key] = verdict
+        while len(self._cache) > self.config.cache_size:
+            self._cache.popitem(last=False)
         return [out[key] for key in keys]
 
-    def _verify(self, pairs: list[tuple[str, str]]) -> list[tuple[bool, str]]:
-        n = min(len(self._workers), len(pairs))
+    def _verify(self, keys: list[tuple[str, str]], scale: float = 1.0) -> list:
+        items = [(gold, response) for response, gold in keys]
+        n = min(len(self._workers), len(items))
         if n <= 1:
-            return self._workers[0].verify(pairs)
-        # Strided chunks balance slow pairs across workers; each worker is driven by one thread.
-        chunks = [pairs[i::n] for i in range(n)]
+            return self._workers[0].verify(items, self.config.anchorless, scale)
+        # Strided chunks balance slow items across workers; each worker is driven by one thread.
+        chunks = [items[i::n] for i in range(n)]
         with ThreadPoolExecutor(max_workers=n) as pool:
-            outs = list(pool.map(lambda wc: wc[0].verify(wc[1]), zip(self._workers, chunks)))
-        verdicts: list = [None] * len(pairs)
+            outs = list(pool.map(lambda wc: wc[0].verify(wc[1], self.config.anchorless, scale),
+                                 zip(self._workers, chunks)))
+        verdicts: list = [None] * len(items)
         for i, out in enumerate(outs):
             verdicts[i::n] = out
         return verdicts
