@@ -64,8 +64,9 @@ def gold_answer(record: dict, where: str = "record", answer_field: str | None = 
     if answer is not None and str(answer).strip():
         return _final(str(answer).strip())
     solution = record.get("solution")
-    if isinstance(solution, str) and last_boxed(solution)[0] is not None:
-        return last_boxed(solution)[0]
+    boxed = last_boxed(solution)[0] if isinstance(solution, str) else None
+    if boxed is not None:
+        return boxed
     raise ValueError(f"{where} has neither an 'answer' nor a 'solution' with a final \\boxed{{}}")
 
 
