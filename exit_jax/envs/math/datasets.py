@@ -114,6 +114,11 @@ def load_jsonl_or_parquet(path: str, problem_field: str = "problem", source: str
     return records_to_tasks(load_records(path, problem_field, answer_field), name)
 
 
+def _text_row(example: dict) -> dict:
+    """A tfds data-source example with its byte strings decoded."""
+    return {k: v.decode("utf-8") if isinstance(v, bytes) else v for k, v in example.items()}
+
+
 def load_tfds(builder_dir: str, split: str = "train", problem_field: str = "problem",
               answer_field: str | None = None, source: str | None = None) -> list[Task]:
     """Tasks from a prepared tensorflow-datasets dataset (a local MATH or GSM8K build, say), read with
@@ -139,8 +144,7 @@ def load_tfds(builder_dir: str, split: str = "train", problem_field: str = "prob
                          "reading it without TensorFlow needs array_record: rebuild it with `tfds build "
                          f"{builder.info.name} --file_format=array_record`")
     ds = builder.as_data_source(split=split)
-    rows = [{k: v.decode("utf-8") if isinstance(v, bytes) else v for k, v in ds[i].items()}
-            for i in range(len(ds))]
+    rows = [_text_row(ds[i]) for i in range(len(ds))]
     name = source or builder.info.name
     return records_to_tasks(_records(rows, f"{builder_dir!r} split {split!r}", problem_field, answer_field),
                             f"{name}/{split}")
@@ -196,7 +200,7 @@ def load_array_record(data_dir: str, source: str = "records", split: str = "trai
     records = []
     for i in range(len(ds)):
         ex = ds[i]
-        rec = {k: (v.decode("utf-8") if isinstance(v, bytes) else v) for k, v in ex.items()}
+        rec = _text_row(ex)
         rec["index"] = int(rec["index"])
         records.append({k: v for k, v in rec.items() if v != ""})
     records.sort(key=lambda r: r["index"])
