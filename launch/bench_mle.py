@@ -8,6 +8,7 @@ solution that only imports numpy/pandas/sklearn (what every real solution pays f
 ratio is cold / warm. Issue 7's target: warm median overhead <= 0.2 s.
 """
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -38,6 +39,15 @@ def median_s(fn, n):
     return statistics.median(times), min(times)
 
 
+def _bare(opts, cfg):
+    argv, fds = bwrap.command(opts, [cfg.python, "-c", "pass"], cfg.seccomp)
+    try:
+        subprocess.run(argv, check=True, pass_fds=fds)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=15)
@@ -54,8 +64,7 @@ def main():
         pool.run_python("pass", task.public_dir)
         start_s = time.perf_counter() - t
         # A bare `bwrap ... python -c pass` with the same mounts: the floor of any cold path.
-        argv = bwrap.argv(cfg.python, task.public_dir, empty, empty, {}, [])
-        bare = argv[:argv.index("-I")] + ["-c", "pass"]
+        opts = bwrap.options(cfg.python, task.public_dir, empty, empty, {})
         imports = "import numpy, pandas, sklearn.linear_model"
         checks = {"trivial": lambda r: r.ok, "imports": lambda r: r.ok, "evaluate": lambda g: g.valid}
         for name, warm_fn, cold_fn in [
@@ -70,7 +79,7 @@ def main():
             warm, warm_min = median_s(warm_fn, a.n)
             cold, cold_min = median_s(cold_fn, a.n)
             rows.append((name, warm, warm_min, cold, cold_min))
-        bare_s, _ = median_s(lambda: subprocess.run(bare, check=True), a.n)
+        bare_s, _ = median_s(lambda: _bare(opts, cfg), a.n)
     print(f"task {a.task}, n={a.n}, warm worker start (once): {start_s:.2f} s, "
           f"bare `bwrap python -c pass`: {bare_s * 1e3:.0f} ms")
     header = ("measure", "warm median", "warm min", "cold median", "cold min", "cold/warm")

@@ -101,9 +101,23 @@ def parse(args) -> None:
             name = required.group(1)
             message = (f"the gin macro {name} is required by {', '.join(args.gin_file)} but not set; "
                        f"pass --gin.{name}=VALUE")
+        unknown = re.match(r"No configurable matching '([\w.]+)'", message)
+        if unknown:
+            message = message.rstrip(".") + _closest_configurables(unknown.group(1))
         raise ConfigError(f"bad gin configuration: {message}") from None
     finally:
         logging.disable(logging.NOTSET)
+
+
+def _closest_configurables(name: str) -> str:
+    """"; did you mean ..." with the registered configurables closest to a misspelt one, e.g.
+    sampling.SamplingConfig -> policy.SamplingConfig."""
+    import gin.config
+    known = sorted({sel for sel in gin.config._REGISTRY._selector_map if "." in sel})  # module.Name forms
+    tail = name.rsplit(".", 1)[-1]
+    close = [k for k in known if k.rsplit(".", 1)[-1] == tail] or difflib.get_close_matches(name, known, n=3)
+    close = [gin.config._REGISTRY.minimal_selector(k) for k in close[:3]]
+    return f"; did you mean {' or '.join(close)}?" if close else ""
 
 
 def query_macro(name: str, args):

@@ -234,6 +234,36 @@ except OSError:
     assert int(r.stdout.split("N ")[1].split()[0]) < 10
 
 
+def test_pid_1_shows_no_host_path(box, data_dir):
+    r = box.run_python("print(open('/proc/1/cmdline', 'rb').read().replace(b'\\0', b' ').decode())")
+    assert r.ok and r.stdout.startswith("bwrap --args ")
+    assert str(data_dir) not in r.stdout and sandbox.ROOT_PREFIX not in r.stdout and "/sbx/warm_worker.py" in r.stdout
+
+
+def test_system_calls_a_breakout_needs_are_refused(box):
+    code = """
+import ctypes, errno, os, subprocess
+libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWUSER, CLONE_NEWNET = 0x10000000, 0x40000000
+for name, call in [("unshare", lambda: libc.unshare(CLONE_NEWUSER)),
+                   ("unshare net", lambda: libc.unshare(CLONE_NEWNET)),
+                   ("ptrace", lambda: libc.ptrace(16, os.getppid(), 0, 0)),  # PTRACE_ATTACH
+                   ("keyctl", lambda: libc.syscall(250, 0, 0, 0, 0, 0)),
+                   ("bpf", lambda: libc.syscall(321, 0, 0, 0)),
+                   ("io_uring_setup", lambda: libc.syscall(425, 1, 0)),
+                   ("perf_event_open", lambda: libc.syscall(298, 0, 0, -1, -1, 0))]:
+    rc = call()
+    print(name, "refused" if rc == -1 and ctypes.get_errno() == errno.EPERM else f"rc={rc} errno={ctypes.get_errno()}")
+print("threads", subprocess.run(["python3", "-c", "import threading; t = threading.Thread(target=print, args=('ok',)); "
+                                 "t.start(); t.join()"], capture_output=True, text=True).stdout.strip())
+"""
+    r = box.run_python(code)
+    assert r.ok, r.stderr
+    lines = dict(line.rsplit(" ", 1) for line in r.stdout.splitlines())
+    assert lines == {"unshare": "refused", "unshare net": "refused", "ptrace": "refused", "keyctl": "refused",
+                     "bpf": "refused", "io_uring_setup": "refused", "perf_event_open": "refused", "threads": "ok"}
+
+
 def test_huge_stdout_keeps_only_the_tail(box):
     r = box.run_python("import sys\nfor i in range(200000):\n    sys.stdout.write('x' * 250 + '\\n')\n"
                        "print('THE END')\n", time_limit_s=5)

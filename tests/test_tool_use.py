@@ -11,7 +11,7 @@ import mpmath
 import pytest
 
 from exit_jax.envs import base
-from exit_jax.envs.tool_use import bfcl, checker, data, executor, prompts
+from exit_jax.envs.tool_use import bfcl, checker, data, executor, isolated, prompts
 
 CATEGORIES = data.CATEGORIES
 
@@ -338,6 +338,33 @@ def test_math_tools_cannot_hang_or_leak_precision():
     (fine,) = executor.execute_calls(executor.parse_python_calls("[power(base=2, exponent=10000)]")[0],
                                      instances, owners)
     assert "exceeds" not in fine and fine.endswith("9376}")  # 2**10000 still computes
+
+
+def test_a_tool_call_over_its_time_budget_is_stopped_and_the_episode_goes_on():
+    # round_number(5, -10**9) builds 10**(10**9) inside C code, where no argument guard or signal reaches.
+    env = bfcl.MultiTurnEnv(_task("multi_turn_base_15"), call_time_limit_s=1.0)
+    env.reset()
+    env.step("[mkdir(dir_name='kept')]")
+    start = time.perf_counter()
+    stalled = env.step("[round_number(number=5, decimal_places=-1000000000), mkdir(dir_name='after')]")
+    assert time.perf_counter() - start < 10
+    first, second = (m["content"] for m in stalled.messages)
+    assert first == executor.ERROR_PREFIX + ("round_number did not finish within the 1 s time budget for a "
+                                             "tool call and was stopped")
+    assert not stalled.done and "Error" not in second  # the next call runs in a fresh worker
+    listing = env.step("[ls()]").messages[0]["content"]
+    assert "kept" in listing and "after" in listing  # the state the earlier calls left is intact
+    with pytest.raises(ValueError, match="call_time_limit_s"):
+        bfcl.MultiTurnEnv(_task("multi_turn_base_15"), call_time_limit_s=0)
+
+
+def test_tool_workers_are_separate_processes_with_a_memory_budget():
+    instances = executor.make_instances({}, ["MathAPI"], long_context=False)
+    calls = executor.parse_python_calls("[add(a=1, b=2)]")[0]
+    assert isolated.execute_calls(calls, instances, data.method_owners(("MathAPI",))) == ['{"result": 3}']
+    with open(f"/proc/{isolated._all[0].proc.pid}/limits") as f:
+        address_space = next(line for line in f if line.startswith("Max address space")).split()[3]
+    assert int(address_space) == isolated.MEMORY_LIMIT_MB << 20
 
 
 def test_bad_arguments_get_one_clear_sentence():

@@ -231,6 +231,8 @@ def test_launcher_trains_evaluates_and_plots(tmp_path):
     (["--gin_file=nope.gin"], "not found"),
     (["--gin.WORKDIR"], "needs a value"),
     (["--gin.NUM_ITERATONS=3"], "did you mean NUM_ITERATIONS?"),  # a typo must not define a new macro
+    (["--gin.sampling.SamplingConfig.temperature=0.5"], "did you mean SamplingConfig?"),  # the wrong module
+    (["--gin.curriculum.preset.overrides={'replay_prop': 0.2}"], "did you mean 'replay_prob'?"),
 ])
 def test_bad_gin_gives_one_clear_error(tmp_path, args, message):
     out = subprocess.run(_train_cmd(tmp_path, *args), capture_output=True, text=True, timeout=120)

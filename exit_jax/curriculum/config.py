@@ -13,6 +13,7 @@ Buffer size N, B_min and p come from Tables 4–6 of the paper (paper_notes §8)
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from typing import Optional
 
 from exit_jax.curriculum.buffer import DEFAULT_KAPPA
@@ -81,9 +82,12 @@ def preset(domain: str, method: str, overrides: Optional[dict] = None) -> Curric
     (e.g. a smaller B_min for CPU-sized runs)."""
     config = _paper_preset(domain, method)
     if overrides:
-        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(CurriculumConfig)})
+        fields = sorted(f.name for f in dataclasses.fields(CurriculumConfig))
+        unknown = sorted(set(overrides) - set(fields))
         if unknown:
-            raise ValueError(f"Unknown CurriculumConfig fields in overrides: {unknown}.")
+            close = difflib.get_close_matches(unknown[0], fields, n=1, cutoff=0.5)
+            hint = f"did you mean {close[0]!r}?" if close else f"the fields are {', '.join(fields)}."
+            raise ValueError(f"Unknown CurriculumConfig field(s) {unknown} in overrides; {hint}")
         config = dataclasses.replace(config, **overrides)
     return config
 

@@ -15,7 +15,8 @@ it. `restore_latest` tries the steps newest first and skips, with one log line n
 and the reason, any step whose files do not match its manifest, which cannot be read, or whose restored
 state is not finite; a skipped step is moved aside to `<directory>_rejected/` (never deleted) and the
 next older one is tried. A step without a manifest (written by an older version, or killed between
-orbax's commit and the seal) is accepted when it reads back finite. orbax keeps `max_to_keep` >= 2 steps
+orbax's commit and the seal) is accepted when it reads back finite. Sealing runs in a background thread
+(the CRCs read the whole step back) and is finished before the next save starts. orbax keeps `max_to_keep` >= 2 steps
 and deletes the oldest only after committing a newer one, and steps are sealed before the next save
 starts, so the newest sealed step is never deleted to make room for an unsealed one.
 """
@@ -25,6 +26,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import zlib
 from typing import Any, Optional
 
@@ -94,6 +96,8 @@ class Checkpointer:
         self._manager = ocp.CheckpointManager(self.directory, options=options,
                                               item_names=("state", "host"))
         self._unsealed: Optional[int] = None  # the step orbax may still be writing
+        self._sealer: Optional[threading.Thread] = None
+        self._seal_error: Optional[BaseException] = None
 
     def latest_step(self) -> Optional[int]:
         return self._manager.latest_step()
@@ -107,28 +111,36 @@ class Checkpointer:
     def poll(self) -> None:
         """Raises CheckpointWriteError if the background write has failed (called once per iteration, so
         a full disk is reported at once, not one save later)."""
-        try:
-            self._manager.check_for_errors()
-        except Exception as e:  # noqa: BLE001 - whatever the writer thread raised
-            raise self._write_failed(self._unsealed, e) from None
+        if self._sealer is not None and not self._sealer.is_alive():
+            self._seal()
 
-    def _seal(self) -> None:
-        """Waits for the background write, then records the committed step's manifest (atomically)."""
+    def _seal_in_background(self, step: int) -> None:
+        """The sealing thread: waits for orbax's write of `step`, then records its manifest (atomically).
+        Reading the files back for their CRCs (minutes for a 7B model's state) overlaps training."""
         try:
             self._manager.wait_until_finished()
-        except Exception as e:  # noqa: BLE001
-            raise self._write_failed(self._unsealed, e) from None
-        step, self._unsealed = self._unsealed, None
-        step_dir = os.path.join(self.directory, str(step))
-        if step is None or not os.path.isdir(step_dir):
-            return
-        files = _files(step_dir)
-        tmp = os.path.join(step_dir, MANIFEST + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump({"step": step, "files": files}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, os.path.join(step_dir, MANIFEST))
+            step_dir = os.path.join(self.directory, str(step))
+            if not os.path.isdir(step_dir):
+                return
+            files = _files(step_dir)
+            tmp = os.path.join(step_dir, MANIFEST + ".tmp")
+            with open(tmp, "w") as f:
+                json.dump({"step": step, "files": files}, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, os.path.join(step_dir, MANIFEST))
+        except Exception as e:  # noqa: BLE001 - whatever the writer raised (a full disk): poll/_seal report it
+            self._seal_error = e
+
+    def _seal(self) -> None:
+        """Waits until the last save is written and sealed; raises CheckpointWriteError if it failed."""
+        if self._sealer is not None:
+            self._sealer.join()
+            self._sealer = None
+        error, self._seal_error = self._seal_error, None
+        if error is not None:
+            raise self._write_failed(self._unsealed, error)
+        self._unsealed = None
 
     def save(self, step: int, state: Any, host: dict) -> None:
         """Starts writing `step` in the background and returns; the previous write is finished and
@@ -152,6 +164,9 @@ class Checkpointer:
                 state=ocp.args.StandardSave(state), host=ocp.args.JsonSave(host)))
         except OSError as e:  # the synchronous part (directories, small files) on a full disk
             raise self._write_failed(step, e) from None
+        self._sealer = threading.Thread(target=self._seal_in_background, args=(step,), daemon=True,
+                                        name=f"seal checkpoint {step}")
+        self._sealer.start()
 
     def verify_files(self, step: int) -> Optional[str]:
         """Why `step`'s files do not match its manifest, or None (also None without a manifest)."""

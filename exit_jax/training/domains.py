@@ -73,12 +73,14 @@ def math(num_train: int = 1280, num_eval: int = 64, families: Optional[Sequence[
 def tool_use(protocol: str = "json_tag", train_user_turns: Optional[int] = 1,
              train_max_responses: Optional[int] = 10, eval_max_responses: Optional[int] = 60,
              num_train: Optional[int] = None, num_eval: Optional[int] = None,
-             categories: Sequence[str] = ("multi_turn_base",)) -> Domain:
+             categories: Sequence[str] = ("multi_turn_base",),
+             call_time_limit_s: float = 5.0) -> Domain:
     """BFCL v3 multi-turn categories (the paper: multi_turn_base) with the paper's 100/100 split
     (paper_notes §9), applied to every category by entry number (envs.tool_use.split).
 
     Training uses only the first user request with a 10-response budget; evaluation allows up to 60
-    responses over all requests. The paper's protocol is the JSON-in-<tool> one ("json_tag").
+    responses over all requests. The paper's protocol is the JSON-in-<tool> one ("json_tag"). A tool call
+    that runs longer than `call_time_limit_s` is stopped and answered with a tool error.
     """
     from exit_jax.envs.tool_use import bfcl, split
     if isinstance(categories, str) or not categories:
@@ -87,8 +89,9 @@ def tool_use(protocol: str = "json_tag", train_user_turns: Optional[int] = 1,
     train = [t for c in categories for t in split.split_entries("train", c)][:num_train]
     held_out = [t for c in categories for t in split.split_entries("test", c)][:num_eval]
     make_env = functools.partial(bfcl.MultiTurnEnv, protocol=protocol, max_user_turns=train_user_turns,
-                                 max_responses=train_max_responses)
-    make_eval_env = functools.partial(bfcl.MultiTurnEnv, protocol=protocol, max_responses=eval_max_responses)
+                                 max_responses=train_max_responses, call_time_limit_s=call_time_limit_s)
+    make_eval_env = functools.partial(bfcl.MultiTurnEnv, protocol=protocol, max_responses=eval_max_responses,
+                                      call_time_limit_s=call_time_limit_s)
     stops = tuple(bfcl.STOP_STRINGS[protocol])
     return Domain("tool_use", tuple(train), tuple(held_out), make_env, stop_strings=stops,
                   make_eval_env=make_eval_env, multi_turn=True, eval_steps=4)

@@ -6,10 +6,16 @@
     /tmp                 a per-sandbox scratch dir, emptied after every run
     /usr, the Python prefix and the venv, read-only; dataset files shipped inside packages are hidden
 
+Everything inside runs under a seccomp filter (`seccomp_program`) that refuses the system calls a data
+science job never makes and a breakout would (new namespaces, mounts, tracing, kernel keyrings, BPF, perf,
+io_uring, modules, clocks). bwrap reads its options from a memfd (`--args`), so the sandbox's pid 1 shows
+no host path in /proc/1/cmdline.
+
 `exit_jax.envs.mle.sandbox` runs it; see there for the supervisor, the limits and the threat model.
 """
 from __future__ import annotations
 
+import errno
 import functools
 import glob
 import importlib.util
@@ -38,14 +44,14 @@ def package_data_paths() -> list[str]:
     return paths
 
 
-def argv(python: str, data_dir: str, jobs_dir: str, tmp_dir: str, env: Mapping[str, str],
-         worker_args: list, hide_package_data: bool = True) -> list:
-    """The bwrap command line that starts the supervisor with `worker_args`: the layout in the module doc,
-    `env` as the whole environment, and the package data files hidden when `hide_package_data`."""
+def options(python: str, data_dir: str, jobs_dir: str, tmp_dir: str, env: Mapping[str, str],
+            hide_package_data: bool = True) -> list:
+    """bwrap's options for the layout in the module doc: `env` as the whole environment, the package data
+    files hidden when `hide_package_data`, /sbx as the working directory."""
     prefix, base = os.path.realpath(sys.prefix), os.path.realpath(sys.base_prefix)
     python = os.path.abspath(python)
     ro = [(p, p) for p in dict.fromkeys([base, prefix, sys.prefix]) if not p.startswith("/usr/")]
-    argv = ["bwrap", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
+    argv = ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
             "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--clearenv"]
     if os.geteuid() == 0:
         # The supervisor keeps only what it needs to drop to the job's uid, kill it, and read its memory
@@ -74,7 +80,70 @@ def argv(python: str, data_dir: str, jobs_dir: str, tmp_dir: str, env: Mapping[s
              "--ro-bind", data_dir, DATA_MOUNT, "--bind", jobs_dir, JOBS_MOUNT]
     for k, v in env.items():
         argv += ["--setenv", k, v]
-    return argv + ["--chdir", "/sbx", python, "-I", WORKER_MOUNT] + worker_args
+    return argv + ["--chdir", "/sbx"]
+
+
+def supervisor(python: str, worker_args: list) -> list:
+    """The command bwrap runs: the supervisor with `worker_args`."""
+    return [os.path.abspath(python), "-I", WORKER_MOUNT] + worker_args
+
+
+# Refused with EPERM: no job needs them, a breakout starts with them. Names libseccomp does not know on
+# this machine are skipped.
+BLOCKED_SYSCALLS = (
+    "unshare", "setns", "mount", "umount2", "pivot_root", "chroot", "move_mount", "open_tree", "fsopen",
+    "fsmount", "fsconfig", "fspick", "mount_setattr", "ptrace", "process_vm_readv", "process_vm_writev", "kcmp",
+    "keyctl", "add_key", "request_key", "bpf", "perf_event_open", "userfaultfd", "io_uring_setup",
+    "io_uring_enter", "io_uring_register", "init_module", "finit_module", "delete_module", "kexec_load",
+    "kexec_file_load", "reboot", "swapon", "swapoff", "acct", "quotactl", "syslog", "settimeofday",
+    "clock_settime", "clock_adjtime", "adjtimex", "open_by_handle_at", "name_to_handle_at", "lookup_dcookie",
+    "iopl", "ioperm", "vhangup", "uselib", "personality", "nfsservctl")
+# clone() with any of these flags makes a namespace (CLONE_NEWNS ... CLONE_NEWNET, CLONE_NEWTIME).
+_NAMESPACE_FLAGS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000,
+                    0x00000080)
+
+
+@functools.lru_cache(maxsize=None)
+def seccomp_program() -> bytes:
+    """The filter as the BPF program bwrap's `--seccomp` loads (built with libseccomp, via pyseccomp)."""
+    try:
+        import pyseccomp as sc
+        rules = sc.SyscallFilter(defaction=sc.ALLOW)
+    except (ImportError, OSError, RuntimeError) as e:
+        raise RuntimeError(f"the sandbox's seccomp filter needs libseccomp ({e}); install libseccomp2, or set "
+                           "SandboxConfig.seccomp=False to run without it") from None
+    for name in BLOCKED_SYSCALLS:
+        try:
+            rules.add_rule(sc.ERRNO(errno.EPERM), name)
+        except (ValueError, RuntimeError, OSError):
+            pass
+    for flag in _NAMESPACE_FLAGS:
+        rules.add_rule(sc.ERRNO(errno.EPERM), "clone", sc.Arg(0, sc.MASKED_EQ, flag, flag))
+    # clone3 passes its flags in memory, out of a filter's reach: ENOSYS makes glibc fall back to clone.
+    rules.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")
+    fd = os.memfd_create("seccomp")
+    try:
+        with os.fdopen(fd, "wb", closefd=False) as f:
+            rules.export_bpf(f)
+        os.lseek(fd, 0, os.SEEK_SET)
+        return os.read(fd, 1 << 20)
+    finally:
+        os.close(fd)
+
+
+def command(opts: list, program: list, seccomp: bool = True) -> tuple[list, tuple]:
+    """(argv, fds to pass) for `bwrap` with `opts` and `program`: the options travel in a memfd, the
+    seccomp program in another. The caller closes the fds once the process has started."""
+    fds = []
+    def memfd(data: bytes) -> str:
+        fd = os.memfd_create("bwrap")
+        os.write(fd, data)
+        os.lseek(fd, 0, os.SEEK_SET)
+        fds.append(fd)
+        return str(fd)
+    extra = ["--seccomp", memfd(seccomp_program())] if seccomp else []
+    args = memfd(b"".join(a.encode() + b"\0" for a in opts + extra))
+    return ["bwrap", "--args", args] + program, tuple(fds)
 
 
 @functools.lru_cache(maxsize=None)

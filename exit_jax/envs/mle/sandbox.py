@@ -60,6 +60,7 @@ class SandboxConfig:
     backend: str = "auto"  # "auto" (bwrap or fail), "bwrap", or the explicit opt-in "unsafe_subprocess"
     preload: tuple = DEFAULT_PRELOAD  # modules the warm worker imports once
     hide_package_data: bool = True  # hide dataset files bundled in sklearn/palmerpenguins/statsmodels
+    seccomp: bool = True  # bwrap only: the system-call filter of envs.mle.bwrap (needs libseccomp)
     python: str = sys.executable  # the interpreter inside the sandbox (the project venv's)
 
     def __post_init__(self):
@@ -174,16 +175,21 @@ class _Worker:
             self.uid = None
         args = ["--preload", ",".join(cfg.preload)] if warm else ["--once"]
         if self.backend == "bwrap":
-            argv = bwrap.argv(cfg.python, self.data_dir, self.jobs, self.tmp,
-                              _base_env(DATA_MOUNT, "/tmp", cfg.python), args, cfg.hide_package_data)
+            opts = bwrap.options(cfg.python, self.data_dir, self.jobs, self.tmp,
+                                 _base_env(DATA_MOUNT, "/tmp", cfg.python), cfg.hide_package_data)
+            argv, fds = bwrap.command(opts, bwrap.supervisor(cfg.python, args), cfg.seccomp)
             env, cwd = {}, self.root
         else:
-            argv = [os.path.abspath(cfg.python), "-I", os.path.abspath(warm_worker.__file__)] + args
+            argv, fds = [os.path.abspath(cfg.python), "-I", os.path.abspath(warm_worker.__file__)] + args, ()
             env, cwd = _base_env(self.data_dir, self.tmp, cfg.python), self.root
         self.log_path = os.path.join(self.root, "worker.log")
-        with open(self.log_path, "wb") as logf:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=logf,
-                                         env=env, cwd=cwd, start_new_session=True)
+        try:
+            with open(self.log_path, "wb") as logf:
+                self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=logf,
+                                             env=env, cwd=cwd, start_new_session=True, pass_fds=fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
         self._buf = b""
         self.lock = threading.RLock()  # close() (e.g. LRU eviction) waits for a run in flight
         ready = self._read_reply(time.monotonic() + 120)

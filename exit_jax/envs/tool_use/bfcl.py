@@ -19,7 +19,7 @@ import json
 from typing import Sequence
 
 from exit_jax.envs import base
-from exit_jax.envs.tool_use import checker, data, executor, prompts
+from exit_jax.envs.tool_use import checker, data, executor, isolated, prompts
 
 DOMAIN = "tool_use"
 PROTOCOLS = prompts.PROTOCOLS
@@ -65,12 +65,14 @@ class MultiTurnEnv(base.Env):
     keeps only the first requests (None: all; the paper trains on the first request only);
     `max_responses` caps assistant replies over the episode (paper: 10 in training, 60 at test); a request
     with more than `max_steps_per_turn` call steps fails the entry (BFCL's force-quit); longer replies than
-    `max_reply_chars` do not decode; `tool_role` is the role of result messages.
+    `max_reply_chars` do not decode; `tool_role` is the role of result messages. The model's calls run in
+    a worker process (`isolated`); one that runs longer than `call_time_limit_s` returns a tool error.
     """
 
     def __init__(self, task: base.Task, protocol: str = "bfcl", max_user_turns: int | None = None,
                  max_responses: int | None = None, max_steps_per_turn: int = MAX_STEPS_PER_TURN,
-                 max_reply_chars: int = 100_000, tool_role: str = "tool"):
+                 max_reply_chars: int = 100_000, tool_role: str = "tool",
+                 call_time_limit_s: float = isolated.DEFAULT_TIME_LIMIT_S):
         super().__init__(task)
         _check_task(task)
         if protocol not in PROTOCOLS:
@@ -79,7 +81,10 @@ class MultiTurnEnv(base.Env):
         _check_limit("max_responses", max_responses, allow_none=True)
         _check_limit("max_steps_per_turn", max_steps_per_turn, allow_none=False)
         _check_limit("max_reply_chars", max_reply_chars, allow_none=False)
+        if not 0 < call_time_limit_s < float("inf"):
+            raise ValueError(f"call_time_limit_s must be a finite number of seconds > 0, got {call_time_limit_s!r}.")
         self.protocol = protocol
+        self.call_time_limit_s = call_time_limit_s
         self.max_responses = max_responses
         self.max_steps_per_turn = max_steps_per_turn
         self.max_reply_chars = max_reply_chars
@@ -207,7 +212,7 @@ class MultiTurnEnv(base.Env):
             # Like BFCL, every documented function of the involved classes runs, even one the prompt
             # hides (excluded, or held out until a later turn): ground truth relies on this (e.g.
             # multi_turn_miss_func_49 calls `tail` two turns before it is revealed).
-            results = executor.execute_calls(calls, self._model, self._all_owners)
+            results = isolated.execute_calls(calls, self._model, self._all_owners, self.call_time_limit_s)
             self._model_results.extend(results)
             self._steps_in_turn += 1
             self._calls_in_turn += len(calls)
