@@ -5,7 +5,7 @@
 Per-solution overhead = start to exit of a trivial solution (`pass`) as the caller sees it; "imports" = a
 solution that only imports numpy/pandas/sklearn (what every real solution pays first). Full evaluation =
 `task.evaluate(code)` (sandbox run + grading) of a small scikit-learn solution. Medians over --n runs; the
-ratio is cold / warm. Issue 7's target: warm median overhead <= 0.2 s.
+ratio is cold / warm. The target: warm median overhead <= 0.2 s.
 """
 import argparse
 import os

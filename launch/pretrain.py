@@ -1,4 +1,4 @@
-"""Warm-start a small model by SFT on generated attempts and revisions, for the CPU-scale study (issue 9).
+"""Warm-start a small model by SFT on generated attempts and revisions, for the CPU-scale study.
 
     python launch/pretrain.py --domain math --out runs/study/pretrained_math
     python launch/pretrain.py --domain math --out /tmp/pt --examples 2000 --steps 100   # a quick look

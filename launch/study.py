@@ -1,4 +1,4 @@
-"""The CPU-scale reproduction study of issue 9, end to end, in one command:
+"""The CPU-scale reproduction study, end to end, in one command:
 
     nice -n 10 python launch/study.py                      # full: 2 domains x (base + 5 methods) x 3 seeds
     nice -n 10 python launch/study.py --preset quick       # a quick look: 1 seed, base / GRPO / ExIt

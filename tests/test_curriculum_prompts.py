@@ -6,7 +6,7 @@ import pytest
 
 from exit_jax.curriculum import config, prompts, rewards
 
-# The paper's text, typed from Appendix B / paper_notes §4 (not generated from prompts.py).
+# The paper's text, typed from Appendix B / docs/paper.md §4 (not generated from prompts.py).
 PAPER_IMPROVE = (
     "Improve your current response to this request:\n\n## Request:\n{instruction}\n\n"
     "## Current response:\n{previous_response}")

@@ -1,4 +1,4 @@
-"""Metrics, submission validation, normalisation (paper_notes §13.9) and MLE-bench medal thresholds."""
+"""Metrics, submission validation, normalisation (docs/paper.md §13.9) and MLE-bench medal thresholds."""
 import numpy as np
 import pandas as pd
 import pytest

@@ -36,7 +36,7 @@ def test_left_padded_rows_equal_unpadded_rows(name):
         np.testing.assert_allclose(padded[i, -len(row):], alone, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["llama_gqa_tied", "gemma_head_dim"])
+@pytest.mark.parametrize("name", ["llama_gqa_tied", "gemma_head_dim", "qwen3_qknorm", "llama_attention_bias"])
 def test_kv_cache_prefill_and_decode_equal_no_cache_forward(name):
     lm = models.load(os.path.join(PARITY, name))
     rng = np.random.default_rng(2)

@@ -17,7 +17,8 @@ GGUF_NAMES = {"input_layernorm.weight": "attn_norm.weight", "self_attn.q_proj.we
               "self_attn.v_proj.bias": "attn_v.bias", "self_attn.o_proj.weight": "attn_output.weight",
               "post_attention_layernorm.weight": "ffn_norm.weight",
               "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight",
-              "mlp.down_proj.weight": "ffn_down.weight"}
+              "mlp.down_proj.weight": "ffn_down.weight", "self_attn.o_proj.bias": "attn_output.bias",
+              "self_attn.q_norm.weight": "attn_q_norm.weight", "self_attn.k_norm.weight": "attn_k_norm.weight"}
 
 
 def llama_cpp_permute(w, n_head):
@@ -51,7 +52,7 @@ def rope_freqs(cfg):
 def write_bpe_vocab(w, src, cfg, tok_cfg):
     tok = json.load(open(os.path.join(src, "tokenizer.json")))
     w.add_tokenizer_model("gpt2")
-    if cfg["model_type"] == "qwen2":  # its tokenizer.json splits with Qwen2's regex first
+    if cfg["model_type"] in ("qwen2", "qwen3"):  # its tokenizer.json splits with Qwen2's regex first
         w.add_tokenizer_pre("qwen2")
     vocab = sorted(tok["model"]["vocab"].items(), key=lambda kv: kv[1])
     added = {t["id"]: t["content"] for t in tok["added_tokens"]}
@@ -106,8 +107,18 @@ def write_gguf(fixture, path, qtype=gguf.GGMLQuantizationType.F32, odd_tensor=No
         w.add_value_length(cfg["head_dim"])
     else:
         write_bpe_vocab(w, src, cfg, tok_cfg)
+        if cfg.get("head_dim", cfg["hidden_size"] // cfg["num_attention_heads"]) * cfg["num_attention_heads"] != \
+                cfg["hidden_size"]:  # llama.cpp records a head size that hidden / heads does not give
+            w.add_key_length(cfg["head_dim"])
+            w.add_value_length(cfg["head_dim"])
     w.add_sampling_temp(0.7)
-    if (cfg.get("rope_parameters") or {}).get("rope_type") == "llama3":
+    rope = cfg.get("rope_parameters") or {}
+    if rope.get("rope_type") in ("linear", "yarn"):
+        w.add_rope_scaling_type(gguf.RopeScalingType(rope["rope_type"]))
+        w.add_rope_scaling_factor(rope["factor"])
+        if rope["rope_type"] == "yarn":
+            w.add_rope_scaling_orig_ctx_len(rope["original_max_position_embeddings"])
+    if rope.get("rope_type") == "llama3":
         w.add_rope_scaling_orig_ctx_len(cfg["rope_parameters"]["original_max_position_embeddings"])
         w.add_tensor("rope_freqs.weight", rope_freqs(cfg))
     heads, kv_heads = cfg["num_attention_heads"], cfg["num_key_value_heads"]
@@ -136,6 +147,10 @@ def write_gguf(fixture, path, qtype=gguf.GGMLQuantizationType.F32, odd_tensor=No
     ("llama_mha_untied_rope3", gguf.GGMLQuantizationType.F32),
     ("qwen2_bias", gguf.GGMLQuantizationType.F32),
     ("gemma_head_dim", gguf.GGMLQuantizationType.F32),
+    ("qwen3_qknorm", gguf.GGMLQuantizationType.F32),
+    ("llama_attention_bias", gguf.GGMLQuantizationType.F32),
+    ("llama_linear_rope", gguf.GGMLQuantizationType.F32),
+    ("qwen2_yarn", gguf.GGMLQuantizationType.F32),
     ("qwen2_bias", gguf.GGMLQuantizationType.BF16),
     ("llama_gqa_tied", gguf.GGMLQuantizationType.F16),
     ("llama_gqa_tied", gguf.GGMLQuantizationType.Q8_0),

@@ -45,7 +45,8 @@ def dataclass_fields(config):
 
 
 @pytest.mark.parametrize("name", ["llama_gqa_tied", "llama_mha_untied_rope3", "qwen2_bias",
-                                  "gemma_head_dim"])
+                                  "gemma_head_dim", "qwen3_qknorm", "llama_attention_bias", "llama_linear_rope",
+                                  "qwen2_yarn"])
 def test_save_hf_round_trip_is_exact(name, tmp_path):
     lm = models.load(fixture(name))
     out = str(tmp_path / "export")
@@ -162,11 +163,10 @@ def test_missing_files(tmp_path):
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope scaling type 'yarn'"),
-    ({"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}},
-     "rope scaling type 'linear'"),
+    ({"rope_scaling": {"rope_type": "dynamic", "factor": 4.0}}, "rope scaling type 'dynamic' is not supported"),
+    ({"rope_parameters": {"rope_type": "linear", "rope_theta": 1e4}}, "lacks the field 'factor'"),
     ({"hidden_act": "gelu"}, "hidden_act 'gelu'"),
-    ({"attention_bias": True}, "attention_bias"),
+    ({"mlp_bias": True}, "mlp_bias"),
     ({"model_type": "mistral"}, "model_type 'mistral' is an unknown family"),
     ({"num_hidden_layers": "two"}, "num_hidden_layers"),
 ])

@@ -9,7 +9,8 @@ import pytest
 from exit_jax import models
 
 PARITY = os.path.join(os.path.dirname(__file__), "fixtures", "parity")
-TINY = ["llama_gqa_tied", "llama_mha_untied_rope3", "qwen2_bias", "gemma_head_dim"]
+TINY = ["llama_gqa_tied", "llama_mha_untied_rope3", "qwen2_bias", "gemma_head_dim", "qwen3_qknorm",
+        "llama_attention_bias", "llama_linear_rope", "qwen2_yarn"]
 
 
 @pytest.mark.parametrize("name", TINY)
@@ -25,18 +26,33 @@ def test_tiny_logits_match_transformers(name):
     assert delta <= 1e-4, delta
 
 
+@pytest.mark.parametrize("name", ["qwen3_qknorm", "llama_attention_bias", "llama_linear_rope", "qwen2_yarn"])
+def test_tiny_greedy_decoding_through_the_kv_cache_matches_transformers(name):
+    path = os.path.join(PARITY, name)
+    lm = models.load(path)
+    prompt = np.load(os.path.join(path, "tokens.npy"))[0].tolist()
+    want = np.load(os.path.join(path, "greedy.npy")).tolist()  # transformers' generate, 32 tokens
+    assert models.greedy_generate(lm, prompt, 32, stop_at_eos=False) == want
+
+
 def test_tiny_configs_cover_the_family_switches():
     cfgs = {n: models.load(os.path.join(PARITY, n)).config for n in TINY}
     assert cfgs["llama_gqa_tied"].tie_embeddings and cfgs["llama_gqa_tied"].num_kv_heads == 2
     rope3 = cfgs["llama_mha_untied_rope3"]
     assert not rope3.tie_embeddings and rope3.num_kv_heads == rope3.num_heads
     assert rope3.rope_scaling == models.RopeScaling(8.0, 1.0, 4.0, 64) and rope3.rope_theta == 5e5
-    assert cfgs["qwen2_bias"].qkv_bias
+    assert cfgs["qwen2_bias"].qkv_bias and not cfgs["qwen2_bias"].o_bias
+    qwen3 = cfgs["qwen3_qknorm"]
+    assert qwen3.family == "qwen3" and qwen3.qk_norm and not qwen3.qkv_bias and qwen3.tie_embeddings
+    assert cfgs["llama_attention_bias"].qkv_bias and cfgs["llama_attention_bias"].o_bias
+    assert cfgs["llama_linear_rope"].rope_scaling == models.RopeScaling(factor=2.0, rope_type="linear")
+    yarn = cfgs["qwen2_yarn"].rope_scaling
+    assert (yarn.rope_type, yarn.factor, yarn.original_max_position_embeddings) == ("yarn", 4.0, 64)
     gemma = cfgs["gemma_head_dim"]
     assert gemma.family == "gemma" and gemma.head_dim * gemma.num_heads != gemma.hidden_size
 
 
-@pytest.mark.parametrize("name", ["llama_gqa_tied", "llama_mha_untied_rope3", "qwen2_bias"])
+@pytest.mark.parametrize("name", ["llama_gqa_tied", "llama_mha_untied_rope3", "qwen2_bias", "qwen3_qknorm"])
 def test_tokenizer_matches_transformers(name):
     path = os.path.join(PARITY, name)
     tok = models.load(path).tokenizer

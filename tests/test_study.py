@@ -1,4 +1,4 @@
-"""The CPU study runner (issue 9): cpu_study.json shape, Table-1 statistics, skipping, one tiny real run."""
+"""The CPU study runner: cpu_study.json shape, Table-1 statistics, skipping, one tiny real run."""
 import importlib.util
 import json
 import math

@@ -3,6 +3,7 @@ restore-by-replay, knobs. Data: the bfcl-eval wheel (Apache-2.0, ShishirPatil/go
 import ast
 import decimal
 import json
+import os
 import time
 
 import hypothesis
@@ -356,6 +357,36 @@ def test_a_tool_call_over_its_time_budget_is_stopped_and_the_episode_goes_on():
     assert "kept" in listing and "after" in listing  # the state the earlier calls left is intact
     with pytest.raises(ValueError, match="call_time_limit_s"):
         bfcl.MultiTurnEnv(_task("multi_turn_base_15"), call_time_limit_s=0)
+
+
+_STALLED_CALL = """
+import os, threading
+from exit_jax.envs.tool_use import data, executor, isolated
+instances = executor.make_instances({}, ["MathAPI"], long_context=False)
+calls = executor.parse_python_calls("[round_number(number=5, decimal_places=-1000000000)]")[0]
+threading.Thread(target=isolated.execute_calls, args=(calls, instances, data.method_owners(("MathAPI",)), 600)).start()
+while not isolated._all:
+    pass
+print(isolated._all[0].proc.pid, flush=True)
+threading.Event().wait()
+"""
+
+
+def test_a_worker_stuck_in_a_call_dies_with_a_killed_trainer():
+    import signal
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, "-c", _STALLED_CALL], stdout=subprocess.PIPE, text=True)
+    worker = int(proc.stdout.readline())
+    time.sleep(1.0)  # the worker is inside the call now
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and os.path.exists(f"/proc/{worker}") and \
+            open(f"/proc/{worker}/stat").read().split()[2] != "Z":
+        time.sleep(0.1)
+    state = open(f"/proc/{worker}/stat").read().split()[2] if os.path.exists(f"/proc/{worker}") else "gone"
+    assert state in ("gone", "Z"), state
 
 
 def test_tool_workers_are_separate_processes_with_a_memory_budget():

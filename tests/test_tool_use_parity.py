@@ -1,7 +1,7 @@
 """Our executor + checker agree with BFCL's official multi-turn checker on varied trajectories.
 
 BFCL's checker (from the bfcl-eval wheel) is the reference peer here only: it `eval`s call strings and
-caches instances in module globals, so the library never uses it (domains.md §2.4). The trajectories are
+caches instances in module globals, so the library never uses it (docs/domains.md §2.4). The trajectories are
 trusted strings made from the ground truth: one argument changed, a call dropped, duplicated or borrowed
 from another turn, a turn left empty, or a turn's calls split over two steps.
 """

@@ -310,7 +310,7 @@ def test_launcher_reports_a_missing_checkpoint_in_one_sentence(tmp_path):
 
 
 def test_evaluation_seeds_follow_the_run_seed(tmp_path, math_domain):
-    # An untrained policy evaluated under seeds 0 and 1 must sample independently (issue 9's base rows),
+    # An untrained policy evaluated under seeds 0 and 1 must sample independently (the study's base rows),
     # and the same seed must give the same evaluation (resume exactness).
     policy = loop.TextPolicy(loop.load_model("smoke", math_domain, str(tmp_path)), SMOKE_SAMPLING)
     seen = []

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
-DEFAULT_KAPPA = 10.0  # paper_notes §13.1: the paper does not report κ
+DEFAULT_KAPPA = 10.0  # docs/paper.md §13.1: the paper does not report κ
 
 # Per-entry metadata arrays (all int64, -1 on empty slots) that `insert` accepts as keyword arguments.
 METADATA = ("task_id", "depth", "turn", "parent", "created_at")

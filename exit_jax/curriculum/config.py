@@ -8,7 +8,7 @@
 | Diverge    | yes        | yes          | 0.2   | no              |
 | ExIt       | yes        | yes          | 0.2 math, 0.5 tool use / MLE | yes |
 
-Buffer size N, B_min and p come from Tables 4–6 of the paper (paper_notes §8).
+Buffer size N, B_min and p come from Tables 4–6 of the paper (docs/paper.md §8).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ class CurriculumConfig:
     replay_prob: float = 0.5  # p: chance that a prompt group replays a buffer entry (paper §4)
     b_min: int = 128  # B_min: no selection before the buffer holds this many entries
     capacity: int = 512  # N: total buffer size
-    kappa: float = DEFAULT_KAPPA  # inverse temperature of softmax(κ·S) sampling (paper_notes §13.1)
+    kappa: float = DEFAULT_KAPPA  # inverse temperature of softmax(κ·S) sampling (docs/paper.md §13.1)
     p_div: float = 0.0  # chance that a replayed group is a self-divergence step (paper §4.2)
     self_iterate: bool = True  # False: "Curriculum", replay starting points without a previous iterate
     diversity_bonus: bool = False  # multiply advantages by Eq. 6 coefficients (full ExIt only)
@@ -66,7 +66,7 @@ class CurriculumConfig:
         return "diverge" if self.p_div > 0 else "improve"
 
 
-# (capacity N, B_min, p, p_div) per domain and method: paper Tables 4–6 (paper_notes §8).
+# (capacity N, B_min, p, p_div) per domain and method: paper Tables 4–6 (docs/paper.md §8).
 _TABLES = {
     "math": {"curriculum": (512, 128, 0.5, 0.0), "improve": (512, 128, 0.5, 0.0),
              "diverge": (512, 128, 0.5, 0.2), "exit": (512, 128, 0.5, 0.2)},

@@ -13,7 +13,7 @@ import numpy as np
 
 # When max − min ≤ this fraction of max, the distances are equal up to float error (e.g. every G = 2
 # group, whose two distances are equal by symmetry) and Eq. 6 is undefined: all coefficients are 1.0
-# (paper_notes §13.7).
+# (docs/paper.md §13.7).
 RELATIVE_TOL = 1e-6
 
 

@@ -1,4 +1,4 @@
-"""Text embedders for the diversity bonus, all behind `embed(list[str]) -> float32 [n, d]` (domains.md §5).
+"""Text embedders for the diversity bonus, all behind `embed(list[str]) -> float32 [n, d]` (docs/domains.md §5).
 
 - `HashedNgram` (default; no weights): char 3–5-grams and word 1–2-grams hashed with crc32, sublinear TF,
   IDF over the texts of the call (one GRPO group), L2-normalised. Lexical and deterministic.

@@ -1,6 +1,6 @@
 """Episode construction and buffer updates of ExIt (paper §4, Algorithm 1), on the message level.
 
-Per prompt group (paper_notes §13.2): with probability p, once the buffer holds ≥ B_min entries, select
+Per prompt group (docs/paper.md §13.2): with probability p, once the buffer holds ≥ B_min entries, select
 an entry τ_t ~ softmax(κ·S), take a random turn prefix t⁻ ≤ t ending with the k'-th iterate of turn t⁻,
 and continue from it (a self-improvement step, or with probability p_div a self-divergence step);
 otherwise draw a base task uniformly. After the group: the selected entry's score is overwritten with the
@@ -85,7 +85,7 @@ def with_user_prompt(context: Sequence[dict], text: str) -> tuple:
     """The context with `text` as the last user message.
 
     A trailing user message is the request itself, which the template quotes as {instruction}, so it is
-    replaced; after a tool result the prompt is appended (paper_notes §4.2 "Multi-turn use").
+    replaced; after a tool result the prompt is appended (docs/paper.md §4.2 "Multi-turn use").
     """
     msgs = [dict(m) for m in context]
     if msgs and msgs[-1].get("role") == "user":
@@ -130,7 +130,7 @@ def replay_episode(task: Task, make_env: MakeEnv, config: CurriculumConfig, turn
                  context=(), prefix=tuple(t["response"] for t in history), history=history, **selection)
     env, context = restore(ep, make_env)
     context = tuple(dict(m) for m in context)
-    if step == "curriculum":  # re-attempt the stored starting point from scratch (paper_notes §10)
+    if step == "curriculum":  # re-attempt the stored starting point from scratch (docs/paper.md §10)
         return dataclasses.replace(ep, prompt=context, context=context)
     if step not in ("improve", "diverge"):
         raise ValueError(f"Replay step must be 'improve', 'diverge' or 'curriculum', got {step!r}.")
@@ -226,7 +226,7 @@ def update(state: buffer.BufferState, episodes: Sequence[Episode], groups: Seque
     if replayed:
         state = buffer.update_scores(state, [episodes[i].slot for i in replayed], scores[replayed])
     # Curriculum replays starting points: entries that start at the same place are one instance, so
-    # they are stored once and re-scored instead of duplicated (paper_notes §10 reading).
+    # they are stored once and re-scored instead of duplicated (docs/paper.md §10 reading).
     known = _starting_points(state) if not config.self_iterate else {}
     rescore: dict = {}
     payloads, child_scores = [], []

@@ -1,4 +1,4 @@
-"""The paper's self-iteration prompts, verbatim (paper §4.2, Appendix B; paper_notes §4).
+"""The paper's self-iteration prompts, verbatim (paper §4.2, Appendix B; docs/paper.md §4).
 
 Line breaks follow the printed paper (some may be PDF wraps; the original whitespace is not published).
 Rendering substitutes the named slots in one pass, so braces inside a response or a piece of code are
@@ -33,7 +33,7 @@ an approach that SIGNIFICANTLY DIFFERS from the approach of the current response
 - Next, state a meaningfully different approach that can be taken instead.
 - Finally, provide your new response using this different approach."""
 
-# paper Appendix B: the MLE-bench prompt (bullet continuation lines as in paper_notes §4.3).
+# paper Appendix B: the MLE-bench prompt (bullet continuation lines as in docs/paper.md §4.3).
 MLE_TEMPLATE = """You are a Kaggle grandmaster.
 Your solution to this Kaggle challenge should achieve the highest medal possible, where the medal
 rankings from best to worst are gold, silver, and bronze.

@@ -27,7 +27,7 @@ def _check_unit(name: str, value: float) -> float:
 def improvement(score: float, previous_score: float) -> float:
     """r_imp = max(0, (r_k − r_{k−1}) / (1 − r_{k−1})), both normalised to [0, 1] (paper Appendix A).
 
-    At r_{k−1} = 1 no improvement is possible (Δ ≤ 0), so the guarded value is 0 (paper_notes §5).
+    At r_{k−1} = 1 no improvement is possible (Δ ≤ 0), so the guarded value is 0 (docs/paper.md §5).
     From a failed script (r_{k−1} = 0) it equals r_k.
     """
     r_k = _check_unit("score r_k", score)

@@ -1,4 +1,4 @@
-"""MLE greedy search at evaluation (paper §5.1, 16 steps; paper_notes §13.10; domains.md §3.3).
+"""MLE greedy search at evaluation (paper §5.1, 16 steps; docs/paper.md §13.10; docs/domains.md §3.3).
 
 Node 0 answers the base task (the MLE template around the empty starter script). Each later step k = 1..K
 adds one node: if the last node failed (crash, timeout, invalid submission) it is debugged (the MLE

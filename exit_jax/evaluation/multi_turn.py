@@ -1,7 +1,7 @@
 """Inference-time self-improvement for multi-turn tool use (BFCL v3): paper §5.1, Fig. 3, Table 1.
 
 The paper evaluates tool use with "K = 4 self-improvement steps per turn" and reports first-turn accuracy
-and the total task return (paper_notes §9). It does not spell out how iterates of a multi-turn episode
+and the total task return (docs/paper.md §9). It does not spell out how iterates of a multi-turn episode
 chain together; our reading, which keeps every step a complete, executed episode:
 
 - Step k = 0: n independent episodes per task from the base prompt, run to the end (every request).
@@ -17,7 +17,7 @@ chain together; our reading, which keeps every step a complete, executed episode
 When the episodes of steps k − 1 and k share their history up to a turn, the step-k reply is exactly the
 paper's y_t^k from τ_t^{k−1}. Per step we report first-turn accuracy (the first request's 0/1 result),
 total return (the sum of per-request rewards), the episode reward, and net corrections on the first
-request (paper_notes §13.8). Every round of every episode of a step goes to the policy as ONE batch.
+request (docs/paper.md §13.8). Every round of every episode of a step goes to the policy as ONE batch.
 """
 from __future__ import annotations
 

@@ -3,13 +3,13 @@
 Each held-out task gets n independent chains. Step k = 0 answers the base prompt; every later step k shows
 the chain its own iterate k − 1 through the paper's self-improve prompt (paper §4.2, `## Request:` = the
 task instruction, `## Current response:` = the previous iterate) and grades the new reply. Only the
-self-improve prompt is used at test time (paper §5.1, paper_notes §9).
+self-improve prompt is used at test time (paper §5.1, docs/paper.md §9).
 
 Reported per k (k = 0..K):
 - accuracy (avg@n): the mean reward over tasks × chains (rewards are binary in math);
-- net corrections (paper_notes §13.8): (#chains wrong at k = 0 and right at k) − (#chains right at k = 0
+- net corrections (docs/paper.md §13.8): (#chains wrong at k = 0 and right at k) − (#chains right at k = 0
   and wrong at k), summed over tasks and divided by n, the number of chains per task. The paper's Fig. 4
-  counts (reading, paper_notes §11.4) are summed over the 8 chains of each problem: multiply ours by n to
+  counts (reading, docs/paper.md §11.4) are summed over the 8 chains of each problem: multiply ours by n to
   compare. Net corrections at k = 0 are 0 by definition.
 
 All chains of one step go to the policy in ONE `generate` call (the real policy is a batched sampler).
@@ -138,7 +138,7 @@ def accuracy_by_k(rewards: np.ndarray) -> list[float]:
 
 
 def net_corrections_by_k(rewards: np.ndarray, success_threshold: float = 1.0) -> list[float]:
-    """paper_notes §13.8: (wrong at 0 & right at k) − (right at 0 & wrong at k), over all chains, / n."""
+    """docs/paper.md §13.8: (wrong at 0 & right at k) − (right at 0 & wrong at k), over all chains, / n."""
     correct = np.asarray(rewards, dtype=np.float64) >= success_threshold  # [tasks, n, K + 1]
     first = correct[:, :, :1]
     fixed = (~first & correct).sum(axis=(0, 1))

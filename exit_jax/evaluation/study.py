@@ -1,10 +1,10 @@
-"""The CPU-scale reproduction study (issue 9): run plan, aggregation, Table-1-style tables and plots.
+"""The CPU-scale reproduction study: run plan, aggregation, Table-1-style tables and plots.
 
 `launch/study.py` runs every domain x method x seed through `launch/train.py`; this module holds the pure
 parts: which runs exist and where, when a run counts as finished, how its `eval.json` and `metrics.jsonl`
 become one seed record of `cpu_study.json`, and how those records become the tables and figures.
 
-cpu_study.json shape (issue 9), one record per seed, extra keys beside `accuracy_by_k`:
+cpu_study.json shape one record per seed, extra keys beside `accuracy_by_k`:
 ```
 {"math": {"grpo": [{"seed": 0, "accuracy_by_k": [k = 0..16], "net_corrections_by_k": [...],
                     "curriculum": {...}, "training": {...}}, ...], ...}, "mle": {...}}

@@ -1,5 +1,5 @@
-"""Tables and figures of the CPU-scale study (issue 9), computed from cpu_study.json records, beside the
-paper's reported numbers (paper_notes.md §11)."""
+"""Tables and figures of the CPU-scale study computed from cpu_study.json records, beside the
+paper's reported numbers (docs/paper.md §11)."""
 from __future__ import annotations
 
 import math
@@ -10,7 +10,7 @@ import numpy as np
 
 from exit_jax.evaluation.study import METHOD_LABELS, METHODS, endpoints, finite_values, fmt, mean_sem
 
-# The paper's numbers (paper_notes.md §11): score at k = 0 and k = 16 in percent. Math: Table 1 / Fig. 3
+# The paper's numbers (docs/paper.md §11): score at k = 0 and k = 16 in percent. Math: Table 1 / Fig. 3
 # ("Math - All", 7 benchmarks); MLE: Table 1 / Fig. 5 (mean over all 6 competitions, 3 of them training
 # competitions) and, closer to our held-out-only evaluation, Fig. 9 right (3 held-out competitions, ≈).
 PAPER_SCORES = {

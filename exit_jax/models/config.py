@@ -1,4 +1,4 @@
-"""Model configurations: one frozen dataclass covering the llama, qwen2 and gemma families, plus presets.
+"""Model configurations: one frozen dataclass covering the llama, qwen2, qwen3 and gemma families, plus presets.
 
 Each field mirrors the Hugging Face `config.json` field it comes from, so that the decoder computes
 exactly what `transformers` computes for that family.
@@ -8,21 +8,38 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-FAMILIES = ("llama", "qwen2", "gemma")
+FAMILIES = ("llama", "qwen2", "qwen3", "gemma")
+
+
+ROPE_TYPES = ("llama3", "linear", "yarn")
 
 
 @dataclasses.dataclass(frozen=True)
 class RopeScaling:
-    """Llama 3.x frequency-dependent RoPE scaling (HF `rope_type: "llama3"`)."""
+    """RoPE scaling as HF `rope_scaling` / `rope_parameters` define it: "llama3" (Llama 3.x's frequency-
+    dependent scaling: factor, low/high_freq_factor, original context), "linear" (every frequency divided
+    by factor) or "yarn" (NTK-by-parts between beta_fast and beta_slow rotations of the original context,
+    and cos/sin scaled by attention_factor, by default 0.1 ln(factor) + 1, or the mscale ratio)."""
     factor: float = 8.0
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
     original_max_position_embeddings: int = 8192
+    rope_type: str = "llama3"
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    attention_factor: Optional[float] = None
+    mscale: float = 0.0
+    mscale_all_dim: float = 0.0
+    truncate: bool = True
+
+    def __post_init__(self):
+        if self.rope_type not in ROPE_TYPES:
+            raise ValueError(f"RopeScaling.rope_type={self.rope_type!r}; supported: {ROPE_TYPES}.")
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    family: str  # "llama" | "qwen2" | "gemma"
+    family: str  # "llama" | "qwen2" | "qwen3" | "gemma"
     vocab_size: int
     hidden_size: int
     num_layers: int
@@ -35,6 +52,8 @@ class ModelConfig:
     rms_norm_eps: float = 1e-6
     tie_embeddings: bool = False
     max_position_embeddings: int = 8192
+    # HF `attention_bias` (llama, qwen3): biases on the q/k/v and output projections.
+    attention_bias: bool = False
     name: str = ""
 
     def __post_init__(self):
@@ -47,7 +66,15 @@ class ModelConfig:
     # Family switches, derived so that a config cannot contradict its family.
     @property
     def qkv_bias(self) -> bool:  # Qwen2 has biases on q/k/v projections only.
-        return self.family == "qwen2"
+        return self.family == "qwen2" or self.attention_bias
+
+    @property
+    def o_bias(self) -> bool:
+        return self.attention_bias
+
+    @property
+    def qk_norm(self) -> bool:  # Qwen3 RMS-normalises each head's query and key before RoPE.
+        return self.family == "qwen3"
 
     @property
     def norm_offset(self) -> float:  # Gemma's RMSNorm multiplies by (1 + w).
@@ -65,7 +92,8 @@ class ModelConfig:
         d, f, v = self.hidden_size, self.intermediate_size, self.vocab_size
         q = self.num_heads * self.head_dim
         kv = self.num_kv_heads * self.head_dim
-        attn = d * q + 2 * d * kv + q * d + (q + 2 * kv if self.qkv_bias else 0)
+        attn = (d * q + 2 * d * kv + q * d + (q + 2 * kv if self.qkv_bias else 0) + (d if self.o_bias else 0)
+                + (2 * self.head_dim if self.qk_norm else 0))
         layer = attn + 3 * d * f + 2 * d
         return self.num_layers * layer + v * d * (1 if self.tie_embeddings else 2) + d
 
@@ -101,6 +129,15 @@ PRESETS = {
         num_kv_heads=4, head_dim=128, intermediate_size=18944, rope_theta=10000.0,
         rms_norm_eps=1e-6, tie_embeddings=False, max_position_embeddings=131072,
         name="deepseek-r1-distill-qwen-7b"),
+    # Qwen3 dense models (Qwen/Qwen3-*): q/k norms, no biases, head_dim 128 whatever the width.
+    **{f"qwen3-{size}": ModelConfig(
+        family="qwen3", vocab_size=151936, hidden_size=hidden, num_layers=layers, num_heads=heads,
+        num_kv_heads=8, head_dim=128, intermediate_size=ffn, rope_theta=1000000.0, rms_norm_eps=1e-6,
+        tie_embeddings=tied, max_position_embeddings=40960, name=f"qwen3-{size}")
+       for size, hidden, layers, heads, ffn, tied in [("0.6b", 1024, 28, 16, 3072, True),
+                                                      ("1.7b", 2048, 28, 16, 6144, True),
+                                                      ("4b", 2560, 36, 32, 9728, True),
+                                                      ("8b", 4096, 36, 32, 12288, False)]},
     "gemma-2b": ModelConfig(
         family="gemma", vocab_size=256000, hidden_size=2048, num_layers=18, num_heads=8,
         num_kv_heads=1, head_dim=256, intermediate_size=16384, rope_theta=10000.0,

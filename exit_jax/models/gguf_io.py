@@ -13,7 +13,7 @@ import numpy as np
 
 from exit_jax.models.config import ModelConfig, RopeScaling
 
-_ARCH_TO_FAMILY = {"llama": "llama", "qwen2": "qwen2", "gemma": "gemma"}
+_ARCH_TO_FAMILY = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gemma"}
 
 # GGUF tensor name (after "blk.{i}.") -> HF name (after "model.layers.{i}.").
 _LAYER_NAMES = {
@@ -25,6 +25,9 @@ _LAYER_NAMES = {
     "attn_k.bias": "self_attn.k_proj.bias",
     "attn_v.bias": "self_attn.v_proj.bias",
     "attn_output.weight": "self_attn.o_proj.weight",
+    "attn_output.bias": "self_attn.o_proj.bias",
+    "attn_q_norm.weight": "self_attn.q_norm.weight",
+    "attn_k_norm.weight": "self_attn.k_norm.weight",
     "ffn_norm.weight": "post_attention_layernorm.weight",
     "ffn_gate.weight": "mlp.gate_proj.weight",
     "ffn_up.weight": "mlp.up_proj.weight",
@@ -81,18 +84,28 @@ def config_from_metadata(meta: dict, path: str, tensor_shapes: dict) -> ModelCon
     if "token_embd.weight" not in tensor_shapes:
         raise ValueError(f"GGUF {path!r} has no token_embd.weight tensor.")
     vocab = int(tensor_shapes["token_embd.weight"][0])  # the embedding, not the token list, sets V
-    scaling_type = meta.get(f"{arch}.rope.scaling.type")
-    if scaling_type not in (None, "none") and "rope_freqs.weight" not in tensor_shapes:
+    scaling_type, scaling = meta.get(f"{arch}.rope.scaling.type"), None
+    if scaling_type == "linear":
+        scaling = RopeScaling(factor=float(get("rope.scaling.factor")), rope_type="linear")
+    elif scaling_type == "yarn":
+        betas = {k: float(meta[f"{arch}.rope.scaling.yarn_{k}"]) for k in ("beta_fast", "beta_slow")
+                 if f"{arch}.rope.scaling.yarn_{k}" in meta}
+        scaling = RopeScaling(factor=float(get("rope.scaling.factor")), rope_type="yarn",
+                              original_max_position_embeddings=int(get("rope.scaling.original_context_length")),
+                              **betas)
+    elif scaling_type not in (None, "none") and "rope_freqs.weight" not in tensor_shapes:
         raise ValueError(f"GGUF {path!r}: rope scaling type {scaling_type!r} is not supported "
-                         "(only Llama 3 'llama3' scaling).")
+                         "(llama3 as rope_freqs.weight, linear, yarn).")
     return ModelConfig(
         family=_ARCH_TO_FAMILY[arch], vocab_size=vocab, hidden_size=hidden,
         num_layers=int(get("block_count")), num_heads=heads,
         num_kv_heads=int(meta.get(f"{arch}.attention.head_count_kv") or heads), head_dim=head_dim,
         intermediate_size=int(get("feed_forward_length")),
-        rope_theta=float(meta.get(f"{arch}.rope.freq_base", 10000.0)),
+        rope_theta=float(meta.get(f"{arch}.rope.freq_base", 10000.0)), rope_scaling=scaling,
         rms_norm_eps=float(get("attention.layer_norm_rms_epsilon")),
         tie_embeddings="output.weight" not in tensor_shapes,
+        # GGUF has no attention_bias field: llama / qwen3 checkpoints with it carry the bias tensors.
+        attention_bias=arch in ("llama", "qwen3") and "blk.0.attn_q.bias" in tensor_shapes,
         max_position_embeddings=int(meta.get(f"{arch}.context_length", 8192)),
         name=str(meta.get("general.name", os.path.basename(path))))
 

@@ -14,13 +14,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from exit_jax.models.config import FAMILIES, ModelConfig, RopeScaling
+from exit_jax.models.config import FAMILIES, ROPE_TYPES, ModelConfig, RopeScaling
 
-_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
+_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
                   "gemma": "GemmaForCausalLM"}
-_ACTIVATIONS = {"llama": ("silu",), "qwen2": ("silu",),
+_ACTIVATIONS = {"llama": ("silu",), "qwen2": ("silu",), "qwen3": ("silu",),
                 "gemma": ("gelu", "gelu_pytorch_tanh")}  # transformers maps Gemma's legacy "gelu" to tanh
-_TIE_DEFAULT = {"llama": False, "qwen2": False, "gemma": True}
+_TIE_DEFAULT = {"llama": False, "qwen2": False, "qwen3": False, "gemma": True}
+_ATTENTION_BIAS = ("llama", "qwen3")  # families whose config.json may set attention_bias
 
 # HF name (after "model.layers.{i}.") -> path inside our "layers_{i}" subtree, and whether to transpose.
 _LAYER_MAP = {
@@ -32,6 +33,9 @@ _LAYER_MAP = {
     "self_attn.q_proj.bias": (("attn", "q", "bias"), False),
     "self_attn.k_proj.bias": (("attn", "k", "bias"), False),
     "self_attn.v_proj.bias": (("attn", "v", "bias"), False),
+    "self_attn.o_proj.bias": (("attn", "o", "bias"), False),
+    "self_attn.q_norm.weight": (("attn", "q_norm", "scale"), False),
+    "self_attn.k_norm.weight": (("attn", "k_norm", "scale"), False),
     "post_attention_layernorm.weight": (("mlp_norm", "scale"), False),
     "mlp.gate_proj.weight": (("mlp", "gate", "kernel"), True),
     "mlp.up_proj.weight": (("mlp", "up", "kernel"), True),
@@ -52,12 +56,27 @@ def _rope(cfg: dict, where: str) -> tuple:
     kind = scaling.get("rope_type", scaling.get("type", "default")) if scaling else "default"
     if kind == "default":
         return theta, None
-    if kind != "llama3":
-        raise ValueError(f"{where}: rope scaling type {kind!r} is not supported (only 'llama3').")
-    return theta, RopeScaling(
-        factor=float(scaling["factor"]), low_freq_factor=float(scaling["low_freq_factor"]),
-        high_freq_factor=float(scaling["high_freq_factor"]),
-        original_max_position_embeddings=int(scaling["original_max_position_embeddings"]))
+    if kind not in ROPE_TYPES:
+        # "dynamic" NTK rescales with the longest sequence a model instance has seen so far (state
+        # transformers keeps between calls), which a jitted decoder cannot reproduce call for call.
+        raise ValueError(f"{where}: rope scaling type {kind!r} is not supported (supported: "
+                         f"{', '.join(ROPE_TYPES)}).")
+    try:
+        if kind == "linear":
+            return theta, RopeScaling(factor=float(scaling["factor"]), rope_type="linear")
+        if kind == "yarn":
+            original = int(scaling.get("original_max_position_embeddings") or cfg["max_position_embeddings"])
+            factor = scaling.get("factor") or cfg["max_position_embeddings"] / original
+            optional = {k: float(scaling[k]) for k in ("beta_fast", "beta_slow", "attention_factor", "mscale",
+                                                         "mscale_all_dim") if scaling.get(k) is not None}
+            return theta, RopeScaling(factor=float(factor), original_max_position_embeddings=original,
+                                      rope_type="yarn", truncate=bool(scaling.get("truncate", True)), **optional)
+        return theta, RopeScaling(
+            factor=float(scaling["factor"]), low_freq_factor=float(scaling["low_freq_factor"]),
+            high_freq_factor=float(scaling["high_freq_factor"]),
+            original_max_position_embeddings=int(scaling["original_max_position_embeddings"]))
+    except KeyError as e:
+        raise ValueError(f"{where}: rope scaling {kind!r} lacks the field {e.args[0]!r}.") from None
 
 
 def config_from_hf(cfg: dict, where: str = "config.json") -> ModelConfig:
@@ -69,10 +88,11 @@ def config_from_hf(cfg: dict, where: str = "config.json") -> ModelConfig:
     if act not in _ACTIVATIONS[family]:
         raise ValueError(f"{where}: hidden_act {act!r} is not supported for {family} "
                          f"(expected one of {_ACTIVATIONS[family]}).")
-    for field in ("attention_bias", "mlp_bias"):
-        if family != "qwen2" and cfg.get(field):
-            raise ValueError(f"{where}: {field}=true is not supported for {family}.")
-    if family == "qwen2" and cfg.get("use_sliding_window"):
+    if cfg.get("mlp_bias"):
+        raise ValueError(f"{where}: mlp_bias=true is not supported.")
+    if cfg.get("attention_bias") and family not in _ATTENTION_BIAS:
+        raise ValueError(f"{where}: attention_bias=true is not supported for {family}.")
+    if family in ("qwen2", "qwen3") and cfg.get("use_sliding_window"):
         raise ValueError(f"{where}: use_sliding_window=true is not supported (full attention only).")
     for field in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                   "intermediate_size"):
@@ -89,6 +109,7 @@ def config_from_hf(cfg: dict, where: str = "config.json") -> ModelConfig:
         rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
         tie_embeddings=bool(cfg.get("tie_word_embeddings", _TIE_DEFAULT[family])),
         max_position_embeddings=int(cfg.get("max_position_embeddings", 8192)),
+        attention_bias=bool(cfg.get("attention_bias")) and family in _ATTENTION_BIAS,
         name=str(cfg.get("_name_or_path", "")))
 
 
@@ -110,12 +131,20 @@ def config_to_hf(config: ModelConfig, bos_id: Optional[int], eos_ids: tuple,
     }
     if c.family == "gemma":
         out["hidden_activation"] = "gelu_pytorch_tanh"
-    if c.family == "llama":
-        out.update(attention_bias=False, mlp_bias=False)
-    if c.family == "qwen2":
+    if c.family in _ATTENTION_BIAS:
+        out.update(attention_bias=c.attention_bias, mlp_bias=False)
+    if c.family in ("qwen2", "qwen3"):
         out.update(use_sliding_window=False, sliding_window=None, max_window_layers=c.num_layers)
-    if c.rope_scaling is not None:
-        rs = c.rope_scaling
+    rs = c.rope_scaling
+    if rs is not None and rs.rope_type == "linear":
+        out["rope_scaling"] = {"rope_type": "linear", "factor": rs.factor}
+    elif rs is not None and rs.rope_type == "yarn":
+        out["rope_scaling"] = {"rope_type": "yarn", "factor": rs.factor, "beta_fast": rs.beta_fast,
+                               "beta_slow": rs.beta_slow, "truncate": rs.truncate,
+                               "original_max_position_embeddings": rs.original_max_position_embeddings}
+        out["rope_scaling"].update({k: getattr(rs, k) for k in ("attention_factor", "mscale", "mscale_all_dim")
+                                    if getattr(rs, k)})
+    elif rs is not None:
         out["rope_scaling"] = {"rope_type": "llama3", "factor": rs.factor,
                                "low_freq_factor": rs.low_freq_factor,
                                "high_freq_factor": rs.high_freq_factor,

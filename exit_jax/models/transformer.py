@@ -1,11 +1,13 @@
-"""One flax.linen decoder for the llama, qwen2 and gemma families, with a functional KV cache.
+"""One flax.linen decoder for the llama, qwen2, qwen3 and gemma families, with a functional KV cache.
 
 Parameter tree (flax `Dense` kernels are [in, out]; Hugging Face stores [out, in]):
 
     embed/embedding                    [V, D]
     layers_{i}/attn_norm/scale         [D]
     layers_{i}/attn/{q,k,v}/kernel     [D, H*hd] / [D, Hkv*hd]   (+ /bias on qwen2)
-    layers_{i}/attn/o/kernel           [H*hd, D]
+    layers_{i}/attn/{q,k}_norm/scale   [hd]                      (qwen3)
+    layers_{i}/attn/o/kernel           [H*hd, D]                 (+ /bias, and q/k/v biases, with
+                                                                  attention_bias)
     layers_{i}/mlp_norm/scale          [D]
     layers_{i}/mlp/{gate,up}/kernel    [D, F]
     layers_{i}/mlp/down/kernel         [F, D]
@@ -59,11 +61,15 @@ class RMSNorm(nn.Module):
 
 
 def rope_inv_freq(config: ModelConfig) -> np.ndarray:
-    """Inverse frequencies [hd/2], including Llama 3's frequency-dependent scaling."""
+    """Inverse frequencies [hd/2] with the config's RoPE scaling (transformers' formulas)."""
     hd = config.head_dim
     inv_freq = 1.0 / (config.rope_theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd))
     rs = config.rope_scaling
-    if rs is not None:
+    if rs is not None and rs.rope_type == "linear":
+        inv_freq = inv_freq / rs.factor
+    elif rs is not None and rs.rope_type == "yarn":
+        inv_freq = _yarn_inv_freq(inv_freq, rs, config.rope_theta, hd)
+    elif rs is not None:
         low_wavelen = rs.original_max_position_embeddings / rs.low_freq_factor
         high_wavelen = rs.original_max_position_embeddings / rs.high_freq_factor
         wavelen = 2 * np.pi / inv_freq
@@ -76,11 +82,41 @@ def rope_inv_freq(config: ModelConfig) -> np.ndarray:
     return inv_freq.astype(np.float32)
 
 
-def apply_rope(x, positions, inv_freq):
-    """HF "rotate_half" RoPE. x: [B, T, H, hd]; positions: [B, T]."""
+def _yarn_inv_freq(inv_freq: np.ndarray, rs, theta: float, hd: int) -> np.ndarray:
+    """YaRN's NTK-by-parts blend: frequencies that turn fewer than beta_slow times over the original
+    context are interpolated (divided by factor), more than beta_fast times kept, a linear ramp between."""
+    def dim_of(rotations):  # the dimension whose frequency turns `rotations` times over the context
+        return hd * np.log(rs.original_max_position_embeddings / (rotations * 2 * np.pi)) / (2 * np.log(theta))
+    low, high = dim_of(rs.beta_fast), dim_of(rs.beta_slow)
+    if rs.truncate:
+        low, high = np.floor(low), np.ceil(high)
+    low, high = max(low, 0), min(high, hd - 1)
+    if low == high:
+        high += 0.001  # transformers' guard against a zero-width ramp
+    ramp = np.clip((np.arange(hd // 2, dtype=np.float32) - low) / (high - low), 0, 1)
+    keep = 1 - ramp  # 1: extrapolate (the original frequency), 0: interpolate
+    return inv_freq / rs.factor * (1 - keep) + inv_freq * keep
+
+
+def rope_attention_factor(config: ModelConfig) -> float:
+    """What YaRN multiplies cos and sin by (1.0 for every other RoPE)."""
+    rs = config.rope_scaling
+    if rs is None or rs.rope_type != "yarn":
+        return 1.0
+    if rs.attention_factor is not None:
+        return float(rs.attention_factor)
+    def mscale(scale, m=1.0):
+        return 1.0 if scale <= 1 else 0.1 * m * float(np.log(scale)) + 1.0
+    if rs.mscale and rs.mscale_all_dim:
+        return mscale(rs.factor, rs.mscale) / mscale(rs.factor, rs.mscale_all_dim)
+    return mscale(rs.factor)
+
+
+def apply_rope(x, positions, inv_freq, scale: float = 1.0):
+    """HF "rotate_half" RoPE. x: [B, T, H, hd]; positions: [B, T]; cos and sin times `scale` (YaRN)."""
     angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, hd/2]
     emb = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]  # [B, T, 1, hd]
-    cos, sin = jnp.cos(emb).astype(x.dtype), jnp.sin(emb).astype(x.dtype)
+    cos, sin = (jnp.cos(emb) * scale).astype(x.dtype), (jnp.sin(emb) * scale).astype(x.dtype)
     x1, x2 = jnp.split(x, 2, axis=-1)
     return x * cos + jnp.concatenate([-x2, x1], axis=-1) * sin
 
@@ -97,6 +133,7 @@ class Attention(nn.Module):
     def __call__(self, x, positions, mask, cache: Optional[Cache], cache_index):
         c = self.config
         dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
+        out_proj = dense(c.hidden_size, use_bias=c.o_bias, name="o")
         b, t, _ = x.shape
         q = dense(c.num_heads * c.head_dim, use_bias=c.qkv_bias, name="q")(x)
         k = dense(c.num_kv_heads * c.head_dim, use_bias=c.qkv_bias, name="k")(x)
@@ -104,8 +141,12 @@ class Attention(nn.Module):
         q = q.reshape(b, t, c.num_heads, c.head_dim)
         k = k.reshape(b, t, c.num_kv_heads, c.head_dim)
         v = v.reshape(b, t, c.num_kv_heads, c.head_dim)
+        if c.qk_norm:
+            q = RMSNorm(c.rms_norm_eps, 0.0, self.dtype, self.param_dtype, name="q_norm")(q)
+            k = RMSNorm(c.rms_norm_eps, 0.0, self.dtype, self.param_dtype, name="k_norm")(k)
         inv_freq = jnp.asarray(rope_inv_freq(c))
-        q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+        scale = rope_attention_factor(c)
+        q, k = apply_rope(q, positions, inv_freq, scale), apply_rope(k, positions, inv_freq, scale)
         groups = c.num_heads // c.num_kv_heads
         q = q.reshape(b, t, c.num_kv_heads, groups, c.head_dim) * (c.head_dim ** -0.5)
         k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, Hkv, T, D]
@@ -122,7 +163,7 @@ class Attention(nn.Module):
             out = flash.blockwise_attention(q.transpose(0, 2, 3, 1, 4), k_all.astype(q.dtype),
                                             v_all.astype(q.dtype), mask[:, -1])  # its layout: [B, Hkv, G, T, D]
             out = out.astype(self.dtype).transpose(0, 3, 1, 2, 4).reshape(b, t, c.num_heads * c.head_dim)
-            return dense(c.hidden_size, use_bias=False, name="o")(out), new_cache
+            return out_proj(out), new_cache
         if self.attention in ("splash", "splash_interpret") and t > 1 and k_all.shape[2] == t:
             # Self-attention of the whole sequence (training, prefill): the kernel, no [T, T] scores.
             # The mask is causal & valid-key, so its last row is the validity of every token.
@@ -130,7 +171,7 @@ class Attention(nn.Module):
             out = flash.causal_attention(qh, k_all.astype(q.dtype), v_all.astype(q.dtype), mask[:, -1],
                                          self.mesh, interpret=self.attention == "splash_interpret")
             out = out.astype(self.dtype).transpose(0, 2, 1, 3).reshape(b, t, c.num_heads * c.head_dim)
-            return dense(c.hidden_size, use_bias=False, name="o")(out), new_cache
+            return out_proj(out), new_cache
         if t == 1 and self.decode_reduce:
             # One-token decode: multiply-and-reduce fusions that stream the cache once, instead of
             # B * Hkv tiny batched matmuls (small-matmul dispatch dominated them on CPU).
@@ -156,7 +197,7 @@ class Attention(nn.Module):
             out = (jnp.einsum("prkgts,pksd->prtkgd", pp, pv.astype(self.dtype)).reshape(q.shape)
                    + _weighted_values(probs[..., width:], v_all, self.dtype, self.decode_reduce))
         out = out.reshape(b, t, c.num_heads * c.head_dim)
-        return dense(c.hidden_size, use_bias=False, name="o")(out), new_cache
+        return out_proj(out), new_cache
 
 
 def _masked_softmax(scores, mask):

@@ -66,7 +66,7 @@ FAMILIES = {
 IMPUTERS = ("mean", "median")
 SCALERS = {"standard": "StandardScaler", "minmax": "MinMaxScaler", "none": ""}
 
-# Kinds of examples and their default shares of the corpus (ExIt on MLE: p_div = 0.5, paper_notes §10).
+# Kinds of examples and their default shares of the corpus (ExIt on MLE: p_div = 0.5, docs/paper.md §10).
 DEFAULT_MIX = {"attempt": 0.35, "improve": 0.3, "debug": 0.15, "diverge": 0.2}
 # Share of diverge examples whose previous iterate is a buggy script.
 DIVERGE_FROM_BUGGY = 0.2

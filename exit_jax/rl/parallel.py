@@ -48,7 +48,10 @@ def _spec(path, shape, mesh) -> P:
     tensor = mesh.shape.get(TENSOR, 1)
     names = [getattr(k, "key", None) for k in path]
     module = names[-2] if len(names) > 1 else None
-    if tensor > 1 and module in _TENSOR_DIM and names[-1] in ("kernel", "bias", "embedding"):
+    # A column-parallel bias splits with its outputs; a row-parallel one (o, with attention_bias) is
+    # added after the reduction, so it stays whole.
+    split = names[-1] in ("kernel", "embedding") or (names[-1] == "bias" and _TENSOR_DIM.get(module) == -1)
+    if tensor > 1 and module in _TENSOR_DIM and split:
         d = _TENSOR_DIM[module] % len(shape)
         if shape[d] % tensor == 0:
             dims[d] = TENSOR

@@ -44,7 +44,7 @@ def math(num_train: int = 1280, num_eval: int = 64, families: Optional[Sequence[
     `train_file` / `eval_file`: a .jsonl/.json/.parquet file, or the folder of a prepared
     tensorflow-datasets build (array_record; `train_split` / `eval_split` pick its splits). Records need a
     `problem_field` and an `answer_field` (default: `answer`, else the last box of `solution`).
-    The paper trains on 1,280 problems (paper_notes §9). `anchorless`: which answers without a box or an
+    The paper trains on 1,280 problems (docs/paper.md §9). `anchorless`: which answers without a box or an
     answer phrase the math-verify reward accepts (envs.math.GraderConfig; docs/math_grading.md).
     """
     from exit_jax.envs import math as math_env
@@ -76,7 +76,7 @@ def tool_use(protocol: str = "json_tag", train_user_turns: Optional[int] = 1,
              categories: Sequence[str] = ("multi_turn_base",),
              call_time_limit_s: float = 5.0) -> Domain:
     """BFCL v3 multi-turn categories (the paper: multi_turn_base) with the paper's 100/100 split
-    (paper_notes §9), applied to every category by entry number (envs.tool_use.split).
+    (docs/paper.md §9), applied to every category by entry number (envs.tool_use.split).
 
     Training uses only the first user request with a 10-response budget; evaluation allows up to 60
     responses over all requests. The paper's protocol is the JSON-in-<tool> one ("json_tag"). A tool call
@@ -125,7 +125,7 @@ def mle(train_ids: Optional[Sequence[str]] = None, eval_ids: Optional[Sequence[s
                   eval_steps=16)
 
 
-# Learning rates of paper Tables 4-6 (paper_notes §8): per domain, and per method for tool use.
+# Learning rates of paper Tables 4-6 (docs/paper.md §8): per domain, and per method for tool use.
 _PAPER_LR = {
     "math": {"grpo": 1e-6, "curriculum": 1e-6, "improve": 1e-6, "diverge": 1e-6, "exit": 1e-6},
     "tool_use": {"grpo": 1e-6, "curriculum": 5e-7, "improve": 5e-7, "diverge": 5e-7, "exit": 1e-6},

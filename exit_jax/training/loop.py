@@ -75,8 +75,9 @@ class RunConfig:
             raise ValueError(f"RunConfig.max_skipped_iterations must be >= 0 (0: never stop); got "
                              f"{self.max_skipped_iterations}.")
         if self.num_iterations < 0 or self.prompts_per_iteration < 1 or self.group_size < 2:
-            raise ValueError("RunConfig needs num_iterations >= 0, prompts_per_iteration >= 1 and "
-                             f"group_size >= 2 (GRPO compares samples); got {self}.")
+            raise ValueError("RunConfig needs num_iterations >= 0, prompts_per_iteration >= 1 and group_size >= 2 "
+                             f"(GRPO compares samples); got num_iterations={self.num_iterations}, "
+                             f"prompts_per_iteration={self.prompts_per_iteration}, group_size={self.group_size}.")
 
 
 class NonFiniteUpdates(ValueError):

@@ -28,7 +28,7 @@ class Completion:
 class SamplingConfig:
     max_new_tokens: int = 256
     max_prompt_tokens: int = 1024
-    temperature: float = 1.0  # paper_notes §13: training sampling temperature 1.0
+    temperature: float = 1.0  # docs/paper.md §13: training sampling temperature 1.0
     top_k: int = 0
     top_p: float = 1.0
     min_bucket: int = 64  # smallest prompt-length bucket (sampling.prompt_bucket: 64, 96, 128, 192...)

@@ -1,7 +1,7 @@
-"""Real math data: local JSONL/Parquet files, their array_record copies, and champ-dataset (domains.md §1.1-1.2).
+"""Real math data: local JSONL/Parquet files, their array_record copies, and champ-dataset (docs/domains.md §1.1-1.2).
 
 A record needs `problem` and either `answer` or a `solution` whose last `\\boxed{}` is the gold answer
-(MATH-500, AIME, DeepScaleR copies that the user supplies). Never vendor MATH (domains.md §1.1).
+(MATH-500, AIME, DeepScaleR copies that the user supplies). Never vendor MATH (docs/domains.md §1.1).
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
-"""Procedural families: arith, linear_eq, system2, quadratic, polynomial (domains.md §1.2).
+"""Procedural families: arith, linear_eq, system2, quadratic, polynomial (docs/domains.md §1.2).
 
 Each family is `f(rng: random.Random, level: int) -> Problem`. Levels 1-5 raise difficulty along several
 axes at once: more terms/steps, larger numbers, fractions, less direct questions. ExIt prioritises tasks
-by group reward variance, so the levels must span "usually solved" to "rarely solved" (domains.md §1.2).
+by group reward variance, so the levels must span "usually solved" to "rarely solved" (docs/domains.md §1.2).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Procedural families: number_theory, counting, sequences (domains.md §1.2).
+"""Procedural families: number_theory, counting, sequences (docs/domains.md §1.2).
 
 Each family is `f(rng: random.Random, level: int) -> Problem`; see families_algebra.py for the level idea.
 Answers are computed directly (stdlib only); the tests recompute them independently with sympy and brute

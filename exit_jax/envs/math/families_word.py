@@ -1,4 +1,4 @@
-"""Procedural family `word`: the project's own GSM-style story problems (domains.md §1.2).
+"""Procedural family `word`: the project's own GSM-style story problems (docs/domains.md §1.2).
 
 Levels add steps: one operation (1), two (2), a percentage plus a coupon (3), combined rates with
 fractional answers (4), multi-step ages / mixtures / round trips (5). Numbers appear in the text in a

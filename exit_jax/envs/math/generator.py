@@ -1,4 +1,4 @@
-"""The offline math task source: procedural problems, deterministic by seed (domains.md §1.2).
+"""The offline math task source: procedural problems, deterministic by seed (docs/domains.md §1.2).
 
 `generate(family, level, seed)` renders one MATH-style problem with an exact canonical answer.
 `math_tasks(split, n, ...)` builds a balanced task list over families x levels, de-duplicated, from a
@@ -6,7 +6,7 @@ train/test split that is a stable hash (sha256, not Python's salted `hash`) of t
 the rendered problem. The rendered problem is a function of the seed; hashing it rather than the seed
 keeps the splits disjoint even when two seeds happen to render the same problem (common at level 1).
 
-Never report numbers on these tasks as MATH numbers (domains.md §1.2).
+Never report numbers on these tasks as MATH numbers (docs/domains.md §1.2).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ML engineering domain: MLE-lite offline tasks, the MLE-bench adapter, the sandbox (issue 7).
+"""ML engineering domain: MLE-lite offline tasks, the MLE-bench adapter, the sandbox.
 
 Modules: `sandbox` (bwrap runner, warm worker pool), `lite` (offline tasks), `grading` (metrics,
 normalisation, medals), `mlebench` (prepared MLE-bench competitions), `env` (MLEEnv). Import them

@@ -4,7 +4,7 @@
 description, previews of the public CSVs and the current solution.py (the base task's empty `main`, or a
 previous iterate with its error trace for a debug step). `step(reply)` takes the code from the reply's
 triple-tick fence, runs it in the sandbox and grades submission.csv; the reward is the normalised score
-(crash, timeout or invalid submission: 0, paper_notes §13.9). The improvement reward r_imp of
+(crash, timeout or invalid submission: 0, docs/paper.md §13.9). The improvement reward r_imp of
 self-iteration steps is the curriculum's job (curriculum.rewards), from `info["normalized"]`.
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Shared by MLE-lite (`lite.py`) and the MLE-bench adapter (`mlebench.py`). Everything here is pure numpy /
 pandas / scikit-learn on the host, outside the sandbox. A bad submission never raises: it grades as invalid
-with score 0 and a one-line reason (paper_notes §13.9).
+with score 0 and a one-line reason (docs/paper.md §13.9).
 """
 from __future__ import annotations
 
@@ -122,7 +122,7 @@ def read_submission(data: bytes | None, id_col: str, target_cols: Sequence[str],
 
 
 def normalize(s: float, baseline: float, reference: float, lower_better: bool) -> float:
-    """clip((s − baseline)/(reference − baseline), 0, 1) (paper_notes §13.9). For lower-is-better
+    """clip((s − baseline)/(reference − baseline), 0, 1) (docs/paper.md §13.9). For lower-is-better
     metrics all three scores are negated, which leaves this ratio unchanged: never negate the ratio."""
     if lower_better:
         s, baseline, reference = -s, -baseline, -reference
@@ -135,7 +135,7 @@ def normalize(s: float, baseline: float, reference: float, lower_better: bool) -
 
 def medal_positions(n_teams: int) -> tuple[int, int, int]:
     """1-based leaderboard positions whose scores are the gold/silver/bronze thresholds, by MLE-bench's
-    team-count rules (Kaggle's progression system; domains.md §3.1)."""
+    team-count rules (Kaggle's progression system; docs/domains.md §3.1)."""
     if n_teams < 1:
         raise ValueError(f"a leaderboard needs at least one team, got {n_teams}.")
     if n_teams < 100:

@@ -1,10 +1,10 @@
-"""MLE-lite: offline Kaggle-style tasks from data that installed packages ship (domains.md §3.2).
+"""MLE-lite: offline Kaggle-style tasks from data that installed packages ship (docs/domains.md §3.2).
 
 Each task is laid out like an MLE-bench competition: `description.md`, `train.csv`, `test.csv` (no target)
 and `sample_submission.csv` in a public dir that the sandbox mounts at PUBLIC_RESOURCE_PATH; the solution
 writes `./submission.csv`. The answers stay in this process's memory, never on disk. `test.csv` also holds
 the features of a validation split: the grader scores those rows separately (`validation_score`, used to
-pick nodes in greedy search, paper_notes §13.10) and reports the private test rows as the score.
+pick nodes in greedy search, docs/paper.md §13.10) and reports the private test rows as the score.
 
 Anchors (constant-prediction baseline, best reference pipeline, a synthetic leaderboard of pipeline
 variants for medals) are computed once per task and cached as JSON next to the public files. The tasks

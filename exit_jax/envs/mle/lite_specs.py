@@ -1,4 +1,4 @@
-"""MLE-lite task definitions: what each task predicts, from which data, scored how (domains.md §3.2).
+"""MLE-lite task definitions: what each task predicts, from which data, scored how (docs/domains.md §3.2).
 
 `specs()` is the default suite: datasets that installed packages ship (scikit-learn, palmerpenguins,
 statsmodels) and synthetic difficulty variants. `procedural_specs()` draws synthetic tasks over every
@@ -23,7 +23,7 @@ class LiteSpec:
     metric: str  # a key of grading.METRICS
     target: str
     load: Callable[[], tuple] = dataclasses.field(compare=False, repr=False)  # () -> (X frame, y series)
-    max_rows: int = 2000  # CI speed: larger sources are subsampled (domains.md §3.2)
+    max_rows: int = 2000  # CI speed: larger sources are subsampled (docs/domains.md §3.2)
     time_limit_s: float = 60.0
     memory_mb: int = 2048
     seed: int = 0
@@ -114,7 +114,7 @@ def synthetic_regression(id: str, n_samples: int = 1500, n_features: int = 15, n
 
 
 def specs() -> list:
-    """The default MLE-lite suite (every id listed in issue 7, plus synthetic difficulty variants)."""
+    """The default MLE-lite suite: seven tasks carved from packaged datasets, five synthetic difficulty variants."""
     return [
         LiteSpec("digits", "Handwritten digits", "Classify 8x8 images of handwritten digits (pixel columns "
                  "pixel_0_0..pixel_7_7, values 0-16) into the digit `target` 0-9.", "accuracy", "target",

@@ -1,6 +1,6 @@
 """Adapter for real MLE-bench competitions prepared by openai/mle-bench (`mlebench prepare -c <id>`).
 
-Expected layout (domains.md §3.1):
+Expected layout (docs/domains.md §3.1):
 
     <data_dir>/<id>/prepared/public/    the files the solution sees (sample_submission.csv, ...)
     <data_dir>/<id>/prepared/private/   the answers (never mounted in the sandbox)
@@ -13,7 +13,7 @@ Expected layout (domains.md §3.1):
 
 Grading uses the competition's metric for the common metric types (`grading.METRICS`), with the submission
 format of sample_submission.csv (first column: the id; the others: the targets). The normalised score is
-(s − worst)/(best − worst) over the leaderboard, clipped to [0, 1] (paper_notes §13.9; the paper itself
+(s − worst)/(best − worst) over the leaderboard, clipped to [0, 1] (docs/paper.md §13.9; the paper itself
 used the fixed ranges of its Table 3), and medals follow MLE-bench's team-count thresholds.
 MLE-bench has no hidden validation split here: `validation_score` is NaN (greedy search then falls back on
 the test score, which the paper's setting also sees only through the grader).
@@ -45,7 +45,7 @@ GRADER_METRICS = {
 }
 
 
-# Metrics of known competitions (domains.md §3.1), used when no config.yaml is at hand.
+# Metrics of known competitions (docs/domains.md §3.1), used when no config.yaml is at hand.
 KNOWN_METRICS = {
     "random-acts-of-pizza": "roc_auc", "spooky-author-identification": "log_loss",
     "detecting-insults-in-social-commentary": "roc_auc", "nomad2018-predict-transparent-conductors": "rmsle",
@@ -59,7 +59,7 @@ KNOWN_METRICS = {
 }
 
 # Paper Table 3 (worst, best) score ranges, the fallback when no leaderboard.csv is available (then no
-# medals). Spooky's printed best of 1.0 is taken as the evident typo for 0.0 (paper_notes §9).
+# medals). Spooky's printed best of 1.0 is taken as the evident typo for 0.0 (docs/paper.md §9).
 PAPER_RANGES = {
     "random-acts-of-pizza": (0.0, 1.0), "spooky-author-identification": (1.5, 0.0),
     "detecting-insults-in-social-commentary": (0.0, 1.0), "nomad2018-predict-transparent-conductors": (1.0, 0.0),
@@ -159,7 +159,7 @@ class MLEBenchTask:
             self._answers = self._answers.apply(_as_number)
 
     def _description(self, meta: str | None) -> str:
-        # The paper shows the compact "obfuscated" description (paper_notes §4.3).
+        # The paper shows the compact "obfuscated" description (docs/paper.md §4.3).
         for d, name in ((meta, "description_obfuscated.md"), (meta, "description.md"),
                         (self.public_dir, "description.md")):
             if d and os.path.isfile(os.path.join(d, name)):

@@ -1,4 +1,4 @@
-"""Runs model-written Python under bwrap: a security boundary, not a convenience (domains.md §4).
+"""Runs model-written Python under bwrap: a security boundary, not a convenience (docs/domains.md §4).
 
 The bwrap back end (`envs.mle.bwrap`: its mounts and command line) shows the job its data read-only, a
 fresh work dir, a scratch /tmp, /usr and the Python prefix read-only, with package data files hidden.
@@ -7,7 +7,7 @@ not even loopback to the host), ipc, uts, cgroup. The supervisor (`warm_worker.p
 the sandbox with only CAP_SETUID/SETGID/KILL/SYS_PTRACE; each solution runs in a forked child with rlimits
 on CPU time, memory (RLIMIT_DATA, plus a generous RLIMIT_AS for shared maps), file size, processes and core
 dumps, under a random unprivileged uid so that RLIMIT_NPROC is enforced (the kernel exempts uid 0;
-domains.md §4 pitfalls). The supervisor also watches the job's total memory (PSS) and disk use and the wall
+docs/domains.md §4 pitfalls). The supervisor also watches the job's total memory (PSS) and disk use and the wall
 clock, and before it answers kills every process of the job and removes its System V IPC objects.
 
 Two ways to run: `run_python(...)` starts a fresh sandbox per call (cold: ~1 s of interpreter start and

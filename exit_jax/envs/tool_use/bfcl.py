@@ -1,4 +1,4 @@
-"""BFCL v3 multi-turn tool use as an `Env` (domains.md §2; paper §5.1, Appendix A).
+"""BFCL v3 multi-turn tool use as an `Env` (docs/domains.md §2; paper §5.1, Appendix A).
 
 Per user request (a BFCL "turn") the model answers in steps. A reply that decodes to a non-empty call
 list is executed on this rollout's own tool instances and the results come back as tool messages; a reply

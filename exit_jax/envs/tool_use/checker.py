@@ -1,4 +1,4 @@
-"""BFCL's multi-turn checks, applied to one user turn (domains.md §2.3).
+"""BFCL's multi-turn checks, applied to one user turn (docs/domains.md §2.3).
 
 A turn with ground truth passes iff the model made at least one call in it, every public attribute of
 every involved model instance equals the ground-truth instance's (state check), and the turn's

@@ -2,7 +2,7 @@
 
 The wheel is installed with `--no-deps` (its pinned deps conflict with jax). We only read its data files
 and import the eight stateful tool-class modules, whose package `__init__`s are empty and which need only
-the standard library plus `mpmath`. BFCL's own executor and checker are never imported (domains.md §2.4).
+the standard library plus `mpmath`. BFCL's own executor and checker are never imported (docs/domains.md §2.4).
 """
 from __future__ import annotations
 

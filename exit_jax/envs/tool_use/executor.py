@@ -1,7 +1,7 @@
 """Our own executor for BFCL tool calls: safe parsing, fresh instances per rollout, string results.
 
 BFCL's executor caches instances in module globals (rollouts of one entry would share state) and `eval`s
-model text (domains.md §2.4). Here a reply is parsed with `ast` / `json`, every argument must be a
+model text (docs/domains.md §2.4). Here a reply is parsed with `ast` / `json`, every argument must be a
 literal (`ast.literal_eval`), and a call is dispatched by its documented name to the instance of the class
 that owns it. Results follow BFCL: strings stay, dicts are JSON-dumped, anything else is `str()`-ed, and
 an exception becomes "Error during execution: …".

@@ -13,11 +13,13 @@ running in-process (`executor.execute_calls`).
 
 Workers are started as `python -m exit_jax.envs.tool_use.isolated`, not with `multiprocessing`, so they
 neither fork a process holding jax's threads nor re-import the parent's `__main__`; one is started per
-concurrent caller and reused.
+concurrent caller and reused. A worker dies with the trainer (PR_SET_PDEATHSIG), even one stuck in a call:
+a kill -9 of the trainer leaves nothing running.
 """
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import os
 import pickle
 import queue
@@ -48,7 +50,7 @@ class _Worker:
     def __init__(self):
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
-        self.proc = subprocess.Popen([sys.executable, "-u", "-m", __name__], stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, "-u", "-m", __name__, str(os.getpid())], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, close_fds=True)
         self._buf = b""
         if self._reply(time.monotonic() + _STARTUP_TIMEOUT_S) != "ready":
@@ -93,11 +95,16 @@ _idle: queue.SimpleQueue = queue.SimpleQueue()
 _all: list[_Worker] = []
 
 
+# Workers are started from this one long-lived thread: PR_SET_PDEATHSIG fires when the *thread* that
+# started a process ends, and the callers' threads (an evaluation's pool) come and go.
+_spawner = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tool-worker-spawner")
+
+
 def _take() -> _Worker:
     try:
         return _idle.get_nowait()
     except queue.Empty:
-        worker = _Worker()
+        worker = _spawner.submit(_Worker).result()
         _all.append(worker)
         return worker
 
@@ -149,7 +156,12 @@ def execute_calls(calls: Sequence[executor.Call], instances: dict, owners: Mappi
 
 def _serve() -> None:
     """The worker's loop: (call, owner, instance) in, (result, instance) out, until stdin closes."""
+    import ctypes
     import resource
+    import signal
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the trainer
+    if os.getppid() != int(sys.argv[1]):  # it died before the line above
+        return
     limit = MEMORY_LIMIT_MB << 20
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     replies = os.dup(1)
