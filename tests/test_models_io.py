@@ -167,6 +167,9 @@ def test_missing_files(tmp_path):
     ({"rope_parameters": {"rope_type": "linear", "rope_theta": 1e4}}, "lacks the field 'factor'"),
     ({"hidden_act": "gelu"}, "hidden_act 'gelu'"),
     ({"mlp_bias": True}, "mlp_bias"),
+    ({"use_bidirectional_attention": True}, "use_bidirectional_attention=true changes the model's math"),
+    ({"layer_types": ["sliding_attention", "full_attention"]}, "layer_types="),
+    ({"final_logit_softcapping": 30.0}, "final_logit_softcapping=30.0"),
     ({"model_type": "mistral"}, "model_type 'mistral' is an unknown family"),
     ({"num_hidden_layers": "two"}, "num_hidden_layers"),
 ])

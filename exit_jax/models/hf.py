@@ -47,6 +47,16 @@ _GLOBAL_MAP = {"model.embed_tokens.weight": (("embed", "embedding"), False),
 
 
 # ---- config ---------------------------------------------------------------------------------------
+# config.json fields that change what a model computes and that this decoder does not implement, with
+# the test for their neutral value: set to anything else, the config is refused, never silently ignored.
+_NEUTRAL = {
+    "use_bidirectional_attention": lambda v: not v,
+    "attn_logit_softcapping": lambda v: v is None,
+    "final_logit_softcapping": lambda v: v is None,
+    "partial_rotary_factor": lambda v: v in (None, 1, 1.0),
+    "attention_chunk_size": lambda v: v is None,
+    "layer_types": lambda v: v is None or all(t == "full_attention" for t in v),
+}
 def _rope(cfg: dict, where: str) -> tuple:
     """(rope_theta, RopeScaling | None) from either the 4.x (`rope_scaling`) or 5.x (`rope_parameters`)
     config layout."""
@@ -88,6 +98,10 @@ def config_from_hf(cfg: dict, where: str = "config.json") -> ModelConfig:
     if act not in _ACTIVATIONS[family]:
         raise ValueError(f"{where}: hidden_act {act!r} is not supported for {family} "
                          f"(expected one of {_ACTIVATIONS[family]}).")
+    for field, neutral in _NEUTRAL.items():
+        if not neutral(cfg.get(field)):
+            raise ValueError(f"{where}: {field}={json.dumps(cfg[field])[:80]} changes the model's math in a way "
+                             "exit_jax does not implement; this checkpoint cannot be loaded.")
     if cfg.get("mlp_bias"):
         raise ValueError(f"{where}: mlp_bias=true is not supported.")
     if cfg.get("attention_bias") and family not in _ATTENTION_BIAS:
