@@ -5,7 +5,8 @@ For a GRPO group with solution embeddings e_i and centroid ē:
     d_i = ‖e_i − ē‖ / (max_j ‖e_j − ē‖ − min_j ‖e_j − ē‖)          (Eq. 6, exactly as printed)
 
 The numerator is the raw distance, so d_i is not bounded to [0, 1]. Every group-relative advantage is
-multiplied by its rollout's coefficient, positive and negative alike (Â_i = d_i · A_i).
+multiplied by its rollout's coefficient, positive and negative alike (Â_i = d_i · A_i): the batch carries
+the coefficients as `advantage_multiplier` and the loss multiplies (rl/grpo.py).
 """
 from __future__ import annotations
 
@@ -29,15 +30,6 @@ def coefficients(embeddings) -> np.ndarray:
     if spread <= RELATIVE_TOL * dist.max() or spread == 0.0:
         return np.ones(e.shape[0], np.float32)
     return (dist / spread).astype(np.float32)
-
-
-def apply(advantages, coeffs) -> np.ndarray:
-    """Â = d · A; advantages [G] or [G, T] (one value per completion token), coeffs [G]."""
-    a = np.asarray(advantages)
-    d = np.asarray(coeffs, a.dtype if np.issubdtype(a.dtype, np.floating) else np.float32)
-    if d.shape != a.shape[:1]:
-        raise ValueError(f"Diversity coefficients {d.shape} do not match advantages {a.shape}.")
-    return a * d.reshape(d.shape + (1,) * (a.ndim - 1))
 
 
 def group_coefficients(embedder, texts) -> np.ndarray:
