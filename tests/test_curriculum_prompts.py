@@ -140,6 +140,13 @@ def test_presets_follow_tables_4_to_6():
             assert config.preset(domain, method).method == method
     with pytest.raises(ValueError, match="Unknown method"):
         config.preset("math", "ppo")
+    # Learning rates: the same table (tool use trains curriculum/improve/diverge at 5e-7).
+    assert [config.paper_learning_rate("tool_use", m) for m in config.METHODS] == [1e-6, 5e-7, 5e-7, 5e-7, 1e-6]
+    assert config.paper_learning_rate("math", "exit") == config.paper_learning_rate("mle", "grpo") == 1e-6
+    # Every table value and kappa are knobs of their own; None keeps the paper's value.
+    mine = config.preset("math", "exit", kappa=3.0, b_min=8, capacity=64)
+    assert (mine.kappa, mine.b_min, mine.capacity, mine.replay_prob, mine.p_div) == (3.0, 8, 64, 0.5, 0.2)
+    assert config.preset("math", "exit").kappa == config.DEFAULT_KAPPA == 10.0
     with pytest.raises(ValueError, match="b_min"):
         config.CurriculumConfig(capacity=4, b_min=5)
     with pytest.raises(ValueError, match="self_iterate"):

@@ -66,21 +66,43 @@ class CurriculumConfig:
         return "diverge" if self.p_div > 0 else "improve"
 
 
-# (capacity N, B_min, p, p_div) per domain and method: paper Tables 4–6 (docs/paper.md §8).
-_TABLES = {
-    "math": {"curriculum": (512, 128, 0.5, 0.0), "improve": (512, 128, 0.5, 0.0),
-             "diverge": (512, 128, 0.5, 0.2), "exit": (512, 128, 0.5, 0.2)},
-    "tool_use": {"curriculum": (320, 320, 0.2, 0.0), "improve": (640, 320, 0.5, 0.0),
-                 "diverge": (640, 320, 0.5, 0.2), "exit": (640, 320, 0.5, 0.5)},
-    "mle": {"curriculum": (3, 3, 0.5, 0.0), "improve": (24, 8, 0.5, 0.0),
-            "diverge": (32, 8, 0.5, 0.2), "exit": (24, 3, 0.5, 0.5)},
+# The paper's settings per domain and method, Tables 4-6 (docs/paper.md §8), in one place:
+# (buffer capacity N, B_min, replay probability p, p_div, learning rate). GRPO has no buffer.
+PAPER_TABLE = {
+    "math": {"grpo": (None, None, 0.0, 0.0, 1e-6), "curriculum": (512, 128, 0.5, 0.0, 1e-6),
+             "improve": (512, 128, 0.5, 0.0, 1e-6), "diverge": (512, 128, 0.5, 0.2, 1e-6),
+             "exit": (512, 128, 0.5, 0.2, 1e-6)},
+    "tool_use": {"grpo": (None, None, 0.0, 0.0, 1e-6), "curriculum": (320, 320, 0.2, 0.0, 5e-7),
+                 "improve": (640, 320, 0.5, 0.0, 5e-7), "diverge": (640, 320, 0.5, 0.2, 5e-7),
+                 "exit": (640, 320, 0.5, 0.5, 1e-6)},
+    "mle": {"grpo": (None, None, 0.0, 0.0, 1e-6), "curriculum": (3, 3, 0.5, 0.0, 1e-6),
+            "improve": (24, 8, 0.5, 0.0, 1e-6), "diverge": (32, 8, 0.5, 0.2, 1e-6),
+            "exit": (24, 3, 0.5, 0.5, 1e-6)},
 }
 
 
-def preset(domain: str, method: str, overrides: Optional[dict] = None) -> CurriculumConfig:
-    """The paper's configuration of `method` on `domain`, with optional field `overrides`
-    (e.g. a smaller B_min for CPU-sized runs)."""
-    config = _paper_preset(domain, method)
+def _paper_row(domain: str, method: str) -> tuple:
+    if domain not in DOMAINS:
+        raise ValueError(f"Unknown domain {domain!r}; expected one of {DOMAINS}.")
+    if method not in METHODS:
+        raise ValueError(f"Unknown method {method!r}; expected one of {METHODS}.")
+    return PAPER_TABLE[domain][method]
+
+
+def paper_learning_rate(domain: str, method: str) -> float:
+    """The learning rate the paper used for `method` on `domain` (Tables 4-6)."""
+    return _paper_row(domain, method)[4]
+
+
+def preset(domain: str, method: str, kappa: float = DEFAULT_KAPPA, capacity: Optional[int] = None,
+           b_min: Optional[int] = None, replay_prob: Optional[float] = None, p_div: Optional[float] = None,
+           overrides: Optional[dict] = None) -> CurriculumConfig:
+    """The paper's configuration of `method` on `domain` (PAPER_TABLE). Each table value can be replaced
+    by name (None keeps the paper's), kappa is ours (the paper does not give it: docs/paper.md §13.1),
+    and `overrides` sets any other CurriculumConfig field (e.g. the prompt template)."""
+    given = {k: v for k, v in dict(kappa=kappa, capacity=capacity, b_min=b_min, replay_prob=replay_prob,
+                                   p_div=p_div).items() if v is not None}
+    config = dataclasses.replace(_paper_preset(domain, method), **given)
     if overrides:
         fields = sorted(f.name for f in dataclasses.fields(CurriculumConfig))
         unknown = sorted(set(overrides) - set(fields))
@@ -93,16 +115,12 @@ def preset(domain: str, method: str, overrides: Optional[dict] = None) -> Curric
 
 
 def _paper_preset(domain: str, method: str) -> CurriculumConfig:
-    if domain not in DOMAINS:
-        raise ValueError(f"Unknown domain {domain!r}; expected one of {DOMAINS}.")
-    if method not in METHODS:
-        raise ValueError(f"Unknown method {method!r}; expected one of {METHODS}.")
+    capacity, b_min, p, p_div, _ = _paper_row(domain, method)
     domain_fields = dict(template="mle", improvement_reward=True) if domain == "mle" else {}
     if method == "grpo":
         # The buffer is unused; capacity/b_min are placeholders that keep the config valid.
         return CurriculumConfig(use_buffer=False, replay_prob=0.0, b_min=1, capacity=1,
                                 self_iterate=False, **domain_fields)
-    capacity, b_min, p, p_div = _TABLES[domain][method]
     return CurriculumConfig(use_buffer=True, replay_prob=p, b_min=b_min, capacity=capacity, p_div=p_div,
                             self_iterate=method != "curriculum", diversity_bonus=method == "exit",
                             **domain_fields)

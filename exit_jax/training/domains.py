@@ -123,20 +123,3 @@ def mle(train_ids: Optional[Sequence[str]] = None, eval_ids: Optional[Sequence[s
     to_task = lambda i: mle_env.as_task(tasks[i])  # noqa: E731
     return Domain("mle", tuple(map(to_task, train_ids)), tuple(map(to_task, eval_ids)), make_env,
                   eval_steps=16)
-
-
-# Learning rates of paper Tables 4-6 (docs/paper.md §8): per domain, and per method for tool use.
-_PAPER_LR = {
-    "math": {"grpo": 1e-6, "curriculum": 1e-6, "improve": 1e-6, "diverge": 1e-6, "exit": 1e-6},
-    "tool_use": {"grpo": 1e-6, "curriculum": 5e-7, "improve": 5e-7, "diverge": 5e-7, "exit": 1e-6},
-    "mle": {"grpo": 1e-6, "curriculum": 1e-6, "improve": 1e-6, "diverge": 1e-6, "exit": 1e-6},
-}
-
-
-def paper_learning_rate(domain: str, method: str) -> float:
-    """The learning rate the paper used for `method` on `domain`."""
-    try:
-        return _PAPER_LR[domain][method]
-    except KeyError:
-        raise ValueError(f"no paper learning rate for domain {domain!r} and method {method!r}; "
-                         f"domains {sorted(_PAPER_LR)}, methods {sorted(_PAPER_LR['math'])}.") from None
