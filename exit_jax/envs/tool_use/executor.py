@@ -206,7 +206,7 @@ def execute_call(call: Call, instances: Mapping[str, Any], owners: Mapping[str, 
         # Convert inside the saved context: str(mpf) depends on the precision the call set.
         return result_to_str(method(*call.args, **call.kwargs))
     except Exception as e:
-        return ERROR_PREFIX + str(e)
+        return ERROR_PREFIX + (str(e) or type(e).__name__)  # e.g. MemoryError, which has no message
     finally:
         if mp is not None:
             mp.mp.dps = saved_dps

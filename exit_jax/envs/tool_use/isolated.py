@@ -109,10 +109,6 @@ def _take() -> _Worker:
         return worker
 
 
-def _give_back(worker: _Worker) -> None:
-    _idle.put(worker)
-
-
 @atexit.register
 def close() -> None:
     """Stops every worker (they also exit by themselves when the parent's pipe closes)."""
@@ -144,7 +140,7 @@ def execute_call(call: executor.Call, instances: dict, owners: Mapping[str, str]
             return executor.ERROR_PREFIX + f"the process running {call.name} stopped"
         return executor.ERROR_PREFIX + (f"{call.name} did not finish within the {time_limit_s:g} s time "
                                         "budget for a tool call and was stopped")
-    _give_back(worker)
+    _idle.put(worker)
     result, instances[owner] = reply
     return result
 
@@ -176,10 +172,7 @@ def _serve() -> None:
             return
         call, owner, instance = pickle.loads(requests.read(_HEADER.unpack(header)[0]))
         instances = {owner: instance}
-        try:
-            result = executor.execute_call(call, instances, {call.name: owner})
-        except MemoryError:
-            result = executor.ERROR_PREFIX + f"{call.name} ran out of its {MEMORY_LIMIT_MB} MB memory budget"
+        result = executor.execute_call(call, instances, {call.name: owner})  # a MemoryError becomes a string
         _write_frame(replies, pickle.dumps((result, instances[owner]), protocol=pickle.HIGHEST_PROTOCOL))
 
 
