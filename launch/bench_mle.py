@@ -64,7 +64,7 @@ def main():
         pool.run_python("pass", task.public_dir)
         start_s = time.perf_counter() - t
         # A bare `bwrap ... python -c pass` with the same mounts: the floor of any cold path.
-        opts = bwrap.options(cfg.python, task.public_dir, empty, empty, {})
+        opts = bwrap.options(task.public_dir, empty, empty, {})
         imports = "import numpy, pandas, sklearn.linear_model"
         checks = {"trivial": lambda r: r.ok, "imports": lambda r: r.ok, "evaluate": lambda g: g.valid}
         for name, warm_fn, cold_fn in [

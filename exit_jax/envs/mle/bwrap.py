@@ -44,12 +44,11 @@ def package_data_paths() -> list[str]:
     return paths
 
 
-def options(python: str, data_dir: str, jobs_dir: str, tmp_dir: str, env: Mapping[str, str],
+def options(data_dir: str, jobs_dir: str, tmp_dir: str, env: Mapping[str, str],
             hide_package_data: bool = True) -> list:
     """bwrap's options for the layout in the module doc: `env` as the whole environment, the package data
     files hidden when `hide_package_data`, /sbx as the working directory."""
     prefix, base = os.path.realpath(sys.prefix), os.path.realpath(sys.base_prefix)
-    python = os.path.abspath(python)
     ro = [(p, p) for p in dict.fromkeys([base, prefix, sys.prefix]) if not p.startswith("/usr/")]
     argv = ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
             "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--clearenv"]

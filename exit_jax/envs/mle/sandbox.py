@@ -175,8 +175,8 @@ class _Worker:
             self.uid = None
         args = ["--preload", ",".join(cfg.preload)] if warm else ["--once"]
         if self.backend == "bwrap":
-            opts = bwrap.options(cfg.python, self.data_dir, self.jobs, self.tmp,
-                                 _base_env(DATA_MOUNT, "/tmp", cfg.python), cfg.hide_package_data)
+            opts = bwrap.options(self.data_dir, self.jobs, self.tmp, _base_env(DATA_MOUNT, "/tmp", cfg.python),
+                                 cfg.hide_package_data)
             argv, fds = bwrap.command(opts, bwrap.supervisor(cfg.python, args), cfg.seccomp)
             env, cwd = {}, self.root
         else:
