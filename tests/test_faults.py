@@ -141,6 +141,32 @@ def test_a_full_disk_stops_the_run_with_one_sentence(tmp_path, math_domain):
         subprocess.run(["umount", "-l", str(small)], check=True)
 
 
+def _tree_bytes(path):
+    return sum(os.path.getsize(os.path.join(r, n)) for r, _, names in os.walk(path) for n in names)
+
+
+def test_a_disk_that_fills_after_a_checkpoint_keeps_that_checkpoint(tmp_path, math_domain, uninterrupted):
+    """WORKDIR on a tmpfs with room for one checkpoint, not two: the second save fails in one sentence and
+    the first stays whole (it verifies and restores)."""
+    one = _tree_bytes(uninterrupted / "checkpoints" / "2")
+    small = tmp_path / "small"
+    small.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={int(one * 1.5) + (256 << 10)}", "tmpfs",
+                            str(small)], capture_output=True)
+    if mount.returncode:
+        pytest.skip("cannot mount a size-limited tmpfs here (needs root and mount rights)")
+    try:
+        with pytest.raises(checkpointing.CheckpointWriteError,
+                           match=r"writing the checkpoint of iteration 4 to .*/checkpoints failed .*intact"):
+            _train(small / "run", math_domain, iterations=8)
+        ckpt = checkpointing.Checkpointer(str(small / "run" / "checkpoints"), max_to_keep=2)
+        assert ckpt.verify_files(2) is None and os.path.exists(small / "run" / "checkpoints" / "2" /
+                                                                checkpointing.MANIFEST)
+        ckpt.close()
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=True)
+
+
 _SAVER = """
 import sys
 import jax.numpy as jnp
