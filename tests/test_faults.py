@@ -13,7 +13,7 @@ from exit_jax.curriculum.config import preset
 from exit_jax.rl import learner as learner_lib
 from exit_jax.rl.learner import LearnerConfig
 from exit_jax.training import checkpointing, domains, loop
-from exit_jax.training.metrics import read_metrics
+from exit_jax.training.metrics import MetricsWriteError, read_metrics
 from exit_jax.training.policy import SamplingConfig
 from test_training import SMOKE_LEARNER as LEARNER, SMOKE_SAMPLING as SAMPLING, _stable as _stable_records
 
@@ -146,8 +146,9 @@ def _tree_bytes(path):
 
 
 def test_a_disk_that_fills_after_a_checkpoint_keeps_that_checkpoint(tmp_path, math_domain, uninterrupted):
-    """WORKDIR on a tmpfs with room for one checkpoint, not two: the second save fails in one sentence and
-    the first stays whole (it verifies and restores)."""
+    """WORKDIR on a tmpfs with room for one checkpoint, not two: the run stops in one sentence (the second
+    checkpoint's write, or the metrics written beside it, whichever meets the full disk first) and the first
+    checkpoint stays whole (it verifies)."""
     one = _tree_bytes(uninterrupted / "checkpoints" / "2")
     small = tmp_path / "small"
     small.mkdir()
@@ -156,13 +157,30 @@ def test_a_disk_that_fills_after_a_checkpoint_keeps_that_checkpoint(tmp_path, ma
     if mount.returncode:
         pytest.skip("cannot mount a size-limited tmpfs here (needs root and mount rights)")
     try:
-        with pytest.raises(checkpointing.CheckpointWriteError,
-                           match=r"writing the checkpoint of iteration 4 to .*/checkpoints failed .*intact"):
+        with pytest.raises((checkpointing.CheckpointWriteError, MetricsWriteError),
+                           match=r"writing the (checkpoint|metrics) of iteration [34] to .* failed .*intact"):
             _train(small / "run", math_domain, iterations=8)
         ckpt = checkpointing.Checkpointer(str(small / "run" / "checkpoints"), max_to_keep=2)
         assert ckpt.verify_files(2) is None and os.path.exists(small / "run" / "checkpoints" / "2" /
                                                                 checkpointing.MANIFEST)
         ckpt.close()
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=True)
+
+
+def test_metrics_on_a_full_disk_end_in_one_sentence(tmp_path):
+    from exit_jax.training.metrics import MetricsWriter
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)], capture_output=True).returncode:
+        pytest.skip("cannot mount a size-limited tmpfs here (needs root and mount rights)")
+    try:
+        writer = MetricsWriter(str(small))
+        with pytest.raises(MetricsWriteError, match=r"writing the metrics of iteration \d+ to .* failed \(No space "
+                                                    r"left on device\); free space .* intact"):
+            for it in range(1000):
+                writer.write(it, {f"metric_{i}": float(i) for i in range(100)})
+        writer.close()  # a full disk at close must not raise over the error that ended the run
     finally:
         subprocess.run(["umount", "-l", str(small)], check=True)
 

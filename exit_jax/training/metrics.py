@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from typing import Mapping, Optional
 
 import numpy as np
@@ -23,6 +24,10 @@ def _jsonable(value):
     return value
 
 
+class MetricsWriteError(ValueError):
+    """metrics.jsonl or the TensorBoard events could not be written (e.g. the disk is full)."""
+
+
 class MetricsWriter:
     def __init__(self, workdir: str, resume_from_iteration: Optional[int] = 0, tensorboard: bool = True):
         """resume_from_iteration: records from it on are dropped (they are rewritten by the resumed run);
@@ -34,8 +39,11 @@ class MetricsWriter:
         self._tb = None
         if tensorboard:
             try:  # tensorboardX is TensorFlow-free; events go to WORKDIR/tb.
-                from tensorboardX import SummaryWriter
-                self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+                from tensorboardX.event_file_writer import EventsWriter
+                os.makedirs(os.path.join(workdir, "tb"), exist_ok=True)
+                # Written on this thread, not SummaryWriter's queue thread: when the disk fills, that
+                # thread dies and every later add_scalar blocks on its full queue (the run hangs).
+                self._tb = EventsWriter(os.path.join(workdir, "tb", "events"))
             except ImportError:
                 self._tb = None
 
@@ -59,19 +67,31 @@ class MetricsWriter:
 
     def write(self, iteration: int, metrics: Mapping) -> None:
         record = {"iteration": iteration, **{k: _jsonable(v) for k, v in metrics.items()}}
-        self._file.write(json.dumps(record, sort_keys=True) + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        if self._tb is not None:
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self._tb.add_scalar(key, value, iteration)
-            self._tb.flush()
+        try:
+            self._file.write(json.dumps(record, sort_keys=True) + "\n")
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            if self._tb is not None:
+                from tensorboardX.proto.event_pb2 import Event
+                from tensorboardX.summary import scalar
+                for key, value in record.items():
+                    if isinstance(value, (int, float)) and not isinstance(value, bool):
+                        self._tb.write_event(Event(wall_time=time.time(), step=iteration, summary=scalar(key, value)))
+                self._tb.flush()
+        except OSError as e:
+            raise MetricsWriteError(
+                f"writing the metrics of iteration {iteration} to {os.path.dirname(self.path)} failed "
+                f"({e.strerror or e}); free space or fix that directory and rerun the same command: the "
+                "checkpoints before it are intact.") from None
 
     def close(self) -> None:
-        self._file.close()
-        if self._tb is not None:
-            self._tb.close()
+        """Closes both sinks; a failure here (a full disk) must not hide the error that ended the run."""
+        for close in (self._file.close, self._tb.close if self._tb is not None else None):
+            try:
+                if close is not None:
+                    close()
+            except OSError:
+                pass
 
 
 def read_metrics(path: str) -> list[dict]:
