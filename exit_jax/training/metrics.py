@@ -86,10 +86,9 @@ class MetricsWriter:
 
     def close(self) -> None:
         """Closes both sinks; a failure here (a full disk) must not hide the error that ended the run."""
-        for close in (self._file.close, self._tb.close if self._tb is not None else None):
+        for sink in [self._file] + ([self._tb] if self._tb is not None else []):
             try:
-                if close is not None:
-                    close()
+                sink.close()
             except OSError:
                 pass
 
