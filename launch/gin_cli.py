@@ -142,6 +142,9 @@ def run_workdir(args) -> str:
 
 def write_operative_config(workdir: str) -> None:
     os.makedirs(workdir, exist_ok=True)
+    import jax
+    if jax.process_index():  # several processes: the first writes it
+        return
     with open(os.path.join(workdir, "config.gin"), "w", encoding="utf-8") as f:
         f.write(gin.config_str())
 
@@ -202,8 +205,21 @@ def enable_compilation_cache() -> None:
 
 
 def maybe_initialize_distributed() -> None:
-    """Multi-host TPU/GPU: jax.distributed picks the coordinator up from the cluster environment."""
-    if any(k in os.environ for k in ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES",
-                                     "MEGASCALE_COORDINATOR_ADDRESS", "SLURM_JOB_ID")):
-        import jax
-        jax.distributed.initialize()
+    """Several processes (docs/tpu.md): on a multi-host TPU slice or under SLURM jax.distributed finds
+    the coordinator and its peers by itself; anywhere else (CPU hosts, a custom cluster) set
+    JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES and JAX_PROCESS_ID on every process."""
+    if not any(k in os.environ for k in ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES",
+                                         "MEGASCALE_COORDINATOR_ADDRESS", "SLURM_JOB_ID")):
+        return
+    import jax
+    numbers = {}
+    for name, key in (("JAX_NUM_PROCESSES", "num_processes"), ("JAX_PROCESS_ID", "process_id")):
+        if os.environ.get(name):
+            try:
+                numbers[key] = int(os.environ[name])
+            except ValueError:
+                raise ConfigError(f"{name}={os.environ[name]!r} must be a whole number.") from None
+    # Collectives between the processes' CPU devices (the rollout exchange, a CPU-only run) go over gloo;
+    # accelerators use their own interconnect whatever this says.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(**numbers)

@@ -68,8 +68,10 @@ def main(argv):
     gin_cli.write_operative_config(workdir)
     # force: importing jax / orbax already gave the root logger a handler (absl's), which made a plain
     # basicConfig a no-op and left train.log empty.
+    import jax
+    log_name = f"train.process{jax.process_index()}.log" if jax.process_index() else "train.log"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        handlers=[logging.FileHandler(os.path.join(workdir, "train.log")),
+                        handlers=[logging.FileHandler(os.path.join(workdir, log_name)),
                                   logging.StreamHandler()], force=True)
     for noisy in ("absl", "jax._src.xla_bridge", "orbax"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -373,15 +373,13 @@ def _worker(pid: int, port: int, out: str) -> None:
     jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=pid)
     assert jax.device_count() == 4 and jax.local_device_count() == 2
     params = transformer.init_params(MC, seed=0)
-    batch = make_batch(params)
-    rows = B // 2
-    local = {k: v[pid * rows:(pid + 1) * rows] for k, v in batch.items()}  # this host's shard
+    batch = make_batch(params)  # every process holds the whole batch and feeds its devices' rows
     flat = {}
     for mode in ("pmap", "fsdp"):
         cfg = cfg_for(parallel=mode, learning_rate=MULTIHOST_LR)
         state = parallel.place_state(learner.init_state(params, cfg), cfg)
         update = parallel.make_update(MC, cfg)
-        state, _ = update(state, parallel.place_batch(local, cfg))  # 2 epochs: 2 optimizer steps
+        state, _ = update(state, parallel.place_batch(batch, cfg))  # 2 epochs: 2 optimizer steps
         leaves = jax.tree.leaves(parallel.host_params(state, cfg))
         flat.update({f"{mode}_{i}": np.asarray(x) for i, x in enumerate(leaves)})
     if pid == 0:

@@ -1,6 +1,7 @@
 """Rollout groups on real environments (multi-turn BFCL, math) and batch packing for the learner."""
 import concurrent.futures
 import dataclasses
+import threading
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from exit_jax.envs import math as math_env
 from exit_jax.envs.tool_use import bfcl
 from exit_jax.training import batch as batch_lib
 from exit_jax.training.policy import Completion
+from exit_jax.training.processes import Processes
 from exit_jax.training.rollout import run_groups
 
 
@@ -19,7 +21,7 @@ class ScriptedPolicy:
     def __init__(self, rule):
         self.rule, self.calls = rule, []
 
-    def sample(self, conversations, num_samples, seed):
+    def sample(self, conversations, num_samples, seed, first_index=0):
         self.calls.append((len(conversations), num_samples))
         return [[Completion(text=self.rule(conv, g), prompt_ids=(1,) * (3 + len(conv)),
                             token_ids=(5, 6, 7), logprobs=np.full(3, -0.5, np.float32), finished=True,
@@ -54,6 +56,61 @@ def test_multi_turn_rollouts_continue_until_the_env_is_done(pool):
     assert policy.calls[0] == (1, 2) and all(c == (1, 1) for c in policy.calls[1:])
     assert len(segments) == len(oracle) + 1 == stats["rollout/model_calls"]
     assert stats["rollout/unfinished"] == 0
+
+
+class Board:
+    """What threads standing in for processes exchange (the real exchange: tests/test_multihost.py)."""
+
+    def __init__(self, count):
+        self.slots, self.barrier = [None] * count, threading.Barrier(count)
+
+
+@dataclasses.dataclass(frozen=True)
+class ThreadProcesses(Processes):
+    board: Board = None
+
+    def gather(self, obj):
+        self.board.slots[self.index] = obj
+        self.barrier()
+        out = list(self.board.slots)
+        self.barrier()
+        return out
+
+    def barrier(self, name=""):
+        self.board.barrier.wait(timeout=60)
+
+    def _ints(self, value):
+        return np.array(self.gather(value))
+
+
+def test_processes_sharing_the_groups_sample_what_one_process_samples(pool):
+    """Split over processes, multi-turn rollouts draw as with one process: each row's draw depends on
+    the seed and its place in the whole batch, and the groups and model calls come back whole, ordered."""
+    tasks = bfcl.load_entries("multi_turn_base")[:5]
+    make_env = lambda t: bfcl.MultiTurnEnv(t, protocol="json_tag", max_user_turns=1,  # noqa: E731
+                                           max_responses=6)
+
+    class DrawingPolicy:  # a tool call (the episode goes on) or the end, by a draw from (seed, row)
+        def sample(self, conversations, num_samples, seed, first_index=0):
+            def completion(row, g):
+                draw = np.random.default_rng([seed, first_index + row, g]).random()
+                call = f'<tool>{{"name": "ls", "arguments": {{}}}}</tool> {draw:.4f}'
+                return Completion(text="<TASK_FINISHED>" if draw < 0.3 else call, prompt_ids=(1,),
+                                  token_ids=(5, 6), logprobs=np.full(2, draw, np.float32), finished=True,
+                                  shortened_prompt=False)
+            return [[completion(i, g) for g in range(num_samples)] for i in range(len(conversations))]
+
+    eps = [episodes.base_episode(t, make_env) for t in tasks]
+    want = run_groups(DrawingPolicy(), eps, 3, make_env, seed=5, pool=pool)
+    assert want[2]["rollout/rounds"] > 2 and len({len(r.responses) for g in want[0] for r in g}) > 2
+    board = Board(2)
+    with concurrent.futures.ThreadPoolExecutor(2) as processes:
+        got = list(processes.map(lambda i: run_groups(DrawingPolicy(), eps, 3, make_env, seed=5, pool=pool,
+                                                      processes=ThreadProcesses(i, 2, board)), range(2)))
+    for groups, segments, stats in got:
+        assert groups == want[0] and stats == want[2]
+        assert [(s.group, s.sample, s.turn, s.completion.text) for s in segments] == \
+            [(s.group, s.sample, s.turn, s.completion.text) for s in want[1]]
 
 
 def test_single_turn_group_scores_and_failing_env_is_contained(pool):

@@ -125,7 +125,8 @@ def place_state(state: TrainState, cfg: LearnerConfig, mesh=None) -> TrainState:
 
 
 def place_batch(batch: Batch, cfg: LearnerConfig, mesh=None) -> Batch:
-    """Put this process's rows of the batch on its devices (multi-host: each host feeds its shard)."""
+    """Put the batch on the devices. Every process holds the whole batch (multi-host: the same one on each)
+    and feeds its own devices' rows."""
     missing = [k for k in REQUIRED_KEYS if k not in batch]
     unknown = [k for k in batch if k not in REQUIRED_KEYS + OPTIONAL_KEYS]
     if missing or unknown:
@@ -146,12 +147,13 @@ def place_batch(batch: Batch, cfg: LearnerConfig, mesh=None) -> Batch:
     if cfg.parallel == "single":
         return jax.device_put(batch)
     if cfg.parallel == "pmap":
-        n = jax.local_device_count()
-        if rows % n:
-            raise ValueError(f"batch of {rows} rows does not split over {n} local devices.")
-        return jax.tree.map(lambda x: x.reshape((n, rows // n) + x.shape[1:]), batch)
+        n, hosts = jax.local_device_count(), jax.process_count()
+        if rows % (n * hosts):
+            raise ValueError(f"batch of {rows} rows does not split over {n * hosts} devices.")
+        mine = slice(jax.process_index() * rows // hosts, (jax.process_index() + 1) * rows // hosts)
+        return jax.tree.map(lambda x: x[mine].reshape((n, rows // hosts // n) + x.shape[1:]), batch)
     sharding = NamedSharding(make_mesh(tensor=cfg.tensor_parallel) if mesh is None else mesh, P(AXIS))
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+    return jax.tree.map(lambda x: jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx]), batch)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))

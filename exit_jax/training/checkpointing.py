@@ -19,6 +19,10 @@ orbax's commit and the seal) is accepted when it reads back finite. Sealing runs
 (the CRCs read the whole step back) and is finished before the next save starts. orbax keeps `max_to_keep` >= 2 steps
 and deletes the oldest only after committing a newer one, and steps are sealed before the next save
 starts, so the newest sealed step is never deleted to make room for an unsealed one.
+
+Several processes (multi-host) write one checkpoint into one directory that all of them reach: orbax
+writes each process's shards; the first process alone writes the manifest and moves rejected steps
+aside, between barriers, while the others wait.
 """
 from __future__ import annotations
 
@@ -33,6 +37,8 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
+
+from exit_jax.training.processes import Processes
 
 log = logging.getLogger(__name__)
 MANIFEST = "exit_jax_manifest.json"
@@ -90,6 +96,7 @@ class Checkpointer:
                              "so that the last verified checkpoint survives while the next one is written.")
         self.directory = os.path.abspath(directory)
         self.rejected = self.directory + "_rejected"
+        self._processes = Processes.current()
         os.makedirs(self.directory, exist_ok=True)
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                                enable_async_checkpointing=True)
@@ -120,7 +127,7 @@ class Checkpointer:
         try:
             self._manager.wait_until_finished()
             step_dir = os.path.join(self.directory, str(step))
-            if not os.path.isdir(step_dir):
+            if not self._processes.primary or not os.path.isdir(step_dir):
                 return
             files = _files(step_dir)
             tmp = os.path.join(step_dir, MANIFEST + ".tmp")
@@ -224,11 +231,14 @@ class Checkpointer:
         return None
 
     def _set_aside(self, step: int, problem: str) -> None:
-        os.makedirs(self.rejected, exist_ok=True)
         dest = os.path.join(self.rejected, str(step))
-        if os.path.exists(dest):  # the same step rejected before: keep both
-            dest += f".{len(os.listdir(self.rejected))}"
-        shutil.move(os.path.join(self.directory, str(step)), dest)
+        self._processes.barrier(f"verified checkpoint {step}")  # every process has read the step
+        if self._processes.primary:
+            os.makedirs(self.rejected, exist_ok=True)
+            if os.path.exists(dest):  # the same step rejected before: keep both
+                dest += f".{len(os.listdir(self.rejected))}"
+            shutil.move(os.path.join(self.directory, str(step)), dest)
+        self._processes.barrier(f"set aside checkpoint {step}")
         self._manager.reload()
         log.warning("checkpoint of iteration %d skipped: %s; moved to %s, trying the previous one",
                     step, problem, dest)

@@ -34,8 +34,10 @@ from exit_jax.rl import grpo, learner as learner_lib, parallel
 from exit_jax.training import batch as batch_lib
 from exit_jax.training.checkpointing import Checkpointer, CheckpointWriteError, fingerprint
 from exit_jax.training.domains import Domain
-from exit_jax.training.metrics import MetricsWriter
+from exit_jax.training.host_state import HostState
+from exit_jax.training.metrics import Discard, MetricsWriter
 from exit_jax.training.policy import SamplingConfig, TextPolicy
+from exit_jax.training.processes import Processes
 from exit_jax.training.rollout import run_groups
 
 log = logging.getLogger(__name__)
@@ -82,44 +84,6 @@ class RunConfig:
 
 class NonFiniteUpdates(ValueError):
     """RunConfig.max_skipped_iterations consecutive iterations trained nothing."""
-
-
-@dataclasses.dataclass
-class HostState:
-    """Everything the loop carries on the host between iterations (checkpointed as JSON)."""
-    iteration: int
-    buffer: buffer.BufferState
-    rng: np.random.Generator
-    seen: frozenset
-    sampled_tokens: int = 0  # completion tokens sampled so far (for RunConfig.sampled_token_budget)
-
-    def to_json(self, fp: dict) -> dict:
-        return {"iteration": self.iteration, "fingerprint": fp,
-                "buffer": _jsonable(buffer.state_dict(self.buffer)),
-                "rng": self.rng.bit_generator.state, "seen": sorted(self.seen),
-                "sampled_tokens": self.sampled_tokens}
-
-    @classmethod
-    def from_json(cls, d: dict) -> "HostState":
-        rng = np.random.default_rng()
-        rng.bit_generator.state = d["rng"]
-        return cls(int(d["iteration"]), buffer.from_state_dict(_from_jsonable(d["buffer"])), rng,
-                   frozenset(d["seen"]), int(d.get("sampled_tokens", 0)))
-
-
-def _jsonable(tree: dict) -> dict:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, np.ndarray):
-            out[k] = {"__ndarray__": v.tolist(), "dtype": str(v.dtype), "shape": list(v.shape)}
-        else:
-            out[k] = v
-    return out
-
-
-def _from_jsonable(tree: dict) -> dict:
-    return {k: (np.asarray(v["__ndarray__"], v["dtype"]).reshape(v["shape"])
-                if isinstance(v, dict) and "__ndarray__" in v else v) for k, v in tree.items()}
 
 
 def resolve_workdir(workdir: str, domain: str, method: str) -> str:
@@ -178,11 +142,13 @@ def train(run: RunConfig, model: Any, domain: Domain, curriculum: CurriculumConf
         raise ValueError(f"LearnerConfig.temperature={learner.temperature} must equal the sampling "
                          f"temperature {sampling.temperature}: old and new log-probs must match.")
     mesh = parallel.make_mesh(tensor=learner.tensor_parallel) if learner.parallel == "fsdp" else None
+    processes = Processes.current()
     # One process, FSDP: the checkpoint is read straight into the learner's shards, the state is built in
     # its shards and restored into them, and the sampler splits the prompts over the same mesh, reading
-    # the sharded params in place. Otherwise the state is built here and placed below, and the sampler
-    # reads a host copy on each process's devices.
-    sharded = mesh is not None and jax.process_count() == 1
+    # the sharded params in place. Otherwise the state is built here and placed below. Several processes
+    # (multi-host): each samples its share of the groups on its own devices (split over them) from a host
+    # copy of the params (see training.processes).
+    sharded = mesh is not None and processes.count == 1
     lm = load_model(model, domain, run.workdir, model_dtype,
                     functools.partial(parallel.state_shardings, mesh=mesh) if sharded else None)
     fp = fingerprint(model=lm.config, domain=domain.name, curriculum=curriculum, learner=learner,
@@ -204,6 +170,8 @@ def train(run: RunConfig, model: Any, domain: Domain, curriculum: CurriculumConf
         state = parallel.place_state(state, learner, mesh)
     update = parallel.make_update(lm.config, learner, mesh)
     sample_mesh = mesh if sharded else None
+    if processes.count > 1:
+        sample_mesh = parallel.make_mesh(jax.local_devices())  # this process's devices only
     policy = TextPolicy(lm, sampling, stop_strings=domain.stop_strings, mesh=sample_mesh)
     policy.check_fits(opening_prompts(domain))
     sampling_params = functools.partial(_sampling_params, learner=learner, dtype=lm.dtype, mesh=sample_mesh)
@@ -213,16 +181,21 @@ def train(run: RunConfig, model: Any, domain: Domain, curriculum: CurriculumConf
         embedder = (embedders.PolicyHidden(policy) if run.embedder == "policy_hidden"
                     else embedders.make(run.embedder))
     resuming = host.iteration < run.num_iterations and not _budget_spent(run, host)
-    writer = MetricsWriter(run.workdir, resume_from_iteration=host.iteration if resuming else None)
+    writer = (MetricsWriter(run.workdir, resume_from_iteration=host.iteration if resuming else None)
+              if processes.primary else Discard())
     rows = run.prompts_per_iteration * run.group_size
-    row_multiple = rows * (jax.local_device_count() if learner.parallel == "pmap" else 1)
+    row_multiple = rows * (jax.device_count() if learner.parallel == "pmap" else 1)
     normalize = "none" if learner.aggregation == "dr_grpo" else "group"  # Dr. GRPO: no std scaling
     metrics: dict = {}
-    progress = _progress(run, host.iteration)
+    progress = _progress(dataclasses.replace(run, progress=run.progress and processes.primary), host.iteration)
     saved = host.iteration  # the iteration of the newest checkpoint (or the start)
     skipped_in_a_row = 0
+    stopping = False  # a stop request reached some process: all of them stop after the same iteration
     with concurrent.futures.ThreadPoolExecutor(run.env_workers) as pool, _stop_requests() as stop:
-        while host.iteration < run.num_iterations and not _budget_spent(run, host) and not stop.signal:
+        while host.iteration < run.num_iterations and not _budget_spent(run, host):
+            if processes.any(stop.signal is not None):
+                stopping = True
+                break
             it = host.iteration
             try:
                 ckpt.poll()  # a failed background write (a full disk) stops the run now, not one save later
@@ -234,7 +207,8 @@ def train(run: RunConfig, model: Any, domain: Domain, curriculum: CurriculumConf
                                               curriculum, run.prompts_per_iteration, iteration=it)
             t1 = time.perf_counter()
             groups, segments, roll_stats = run_groups(policy, episodes, run.group_size, domain.make_env,
-                                                      seed=run.seed * 1_000_003 + it, pool=pool)
+                                                      seed=run.seed * 1_000_003 + it, pool=pool,
+                                                      processes=processes)
             t2 = time.perf_counter()
             _note_slow("rollout", it, t2 - t1, f"{int(roll_stats['rollout/completion_tokens'])} tokens sampled")
             graded = np.array([[r.graded for r in g] for g in groups])
@@ -262,7 +236,7 @@ def train(run: RunConfig, model: Any, domain: Domain, curriculum: CurriculumConf
             host = HostState(it + 1, buf, host.rng, seen,
                              host.sampled_tokens + int(roll_stats["rollout/completion_tokens"]))
             if (host.iteration % run.checkpoint_every == 0 or host.iteration == run.num_iterations
-                    or _budget_spent(run, host) or stop.signal):
+                    or _budget_spent(run, host)):
                 ckpt.save(host.iteration, _savable(state, learner), host.to_json(fp))
                 saved = host.iteration
             t4 = time.perf_counter()
@@ -280,20 +254,21 @@ def train(run: RunConfig, model: Any, domain: Domain, curriculum: CurriculumConf
                 "throughput/trained_tokens_per_s": trained_tokens / (t3 - t2),
                 "rollout/sampled_tokens_total": host.sampled_tokens,
             }
-            if run.eval_every and evaluate_at_end is not None and host.iteration % run.eval_every == 0 \
-                    and host.iteration < run.num_iterations and not _budget_spent(run, host) \
-                    and not stop.signal:
+            if run.eval_every and evaluate_at_end is not None and processes.primary \
+                    and host.iteration % run.eval_every == 0 and host.iteration < run.num_iterations \
+                    and not _budget_spent(run, host) and not stop.signal:
                 metrics.update(_evaluate(evaluate_at_end, policy, domain, run, curriculum, host.iteration))
             writer.write(it, metrics)
             progress(it, metrics)
-    if stop.signal and saved != host.iteration:  # the signal came after this iteration's save check
+    if stopping and saved != host.iteration:
         ckpt.save(host.iteration, _savable(state, learner), host.to_json(fp))
     writer.close()
     ckpt.close()  # waits for the last checkpoint to be durable
-    if stop.signal:
-        raise Interrupted(stop.signal, f"{stop.signal} received: stopped after iteration {host.iteration} "
-                          f"with a checkpoint in {ckpt.directory}; rerun the same command to resume.")
-    if evaluate_at_end is not None:
+    if stopping or stop.signal:
+        why = f"{stop.signal} received" if stop.signal else "another process received a stop signal"
+        raise Interrupted(stop.signal or "SIGTERM", f"{why}: stopped after iteration {host.iteration} with a "
+                          f"checkpoint in {ckpt.directory}; rerun the same command to resume.")
+    if evaluate_at_end is not None and processes.primary:
         metrics.update(_evaluate(evaluate_at_end, policy, domain, run, curriculum, host.iteration))
     return metrics
 
@@ -379,9 +354,12 @@ def _budget_spent(run: RunConfig, host: HostState) -> bool:
 
 def _sampling_params(state, learner: learner_lib.LearnerConfig, dtype, mesh):
     """The params the sampler uses, in the per-layer layout: the learner's own (single device), its
-    sharded ones cast to the model's dtype (fsdp: they never leave the devices), or a host copy (pmap)."""
+    sharded ones cast to the model's dtype (fsdp: they never leave the devices), a host copy (pmap), or,
+    with several processes, a host copy split over this process's devices (mesh)."""
     if learner.parallel == "single":
         return transformer.unstack_layers(state.params)
+    if jax.process_count() > 1:
+        return parallel.sampler_params(parallel.host_params(state, learner), jnp.dtype(dtype), mesh)
     if learner.parallel == "fsdp" and mesh is not None:
         return parallel.sampler_params(state.params, jnp.dtype(dtype), mesh)
     return parallel.host_params(state, learner)

@@ -108,3 +108,13 @@ def read_metrics(path: str) -> list[dict]:
             except json.JSONDecodeError:  # blank, or torn by a kill mid-write
                 continue
     return records
+
+
+class Discard:
+    """The metrics sink of every process but the first in a multi-host run: the first writes them once."""
+
+    def write(self, iteration: int, metrics: Mapping) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

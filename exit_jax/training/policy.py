@@ -115,8 +115,9 @@ class TextPolicy:
                                  f"prompt of task {task_id!r}; raise it to at least {n}.")
 
     def sample(self, conversations: Sequence[Sequence[dict]], num_samples: int, seed: int,
-               temperature: Optional[float] = None) -> list:
-        """[len(conversations)][num_samples] Completions."""
+               temperature: Optional[float] = None, first_index: int = 0) -> list:
+        """[len(conversations)][num_samples] Completions. first_index: the index of conversations[0] in
+        a larger batch sampled in parts (a row's random draws depend on its index and the seed only)."""
         if not conversations:
             return []
         cfg = self.config
@@ -128,7 +129,7 @@ class TextPolicy:
             out = self._sampler(num_samples)(
                 self.params, [ids for ids, _ in part],
                 temperature=cfg.temperature if temperature is None else temperature,
-                top_k=cfg.top_k, top_p=cfg.top_p, seed=seed, first_index=start)
+                top_k=cfg.top_k, top_p=cfg.top_p, seed=seed, first_index=first_index + start)
             if self.stop_strings:
                 out = out.truncate_at_stop_strings(self.stop_strings, self.lm.tokenizer.decode)
             result += self._completions(out, part, num_samples)

@@ -8,6 +8,10 @@ training segment carrying its rollout's advantage.
 
 Environment steps run in a thread pool: the heavy work (sandboxed code, math-verify) happens in worker
 processes, so threads overlap it without fighting over the GIL.
+
+With several processes (multi-host), each samples and grades only its share of the groups and the
+results are exchanged (training.processes); every row's random draws depend on its group and sample,
+never on which process ran it, so the iteration is the one a single process would sample.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from typing import Callable, Sequence
 from exit_jax.curriculum.episodes import Episode, Rollout, restore
 from exit_jax.envs.base import Env, StepResult, Task
 from exit_jax.training.policy import Completion, TextPolicy
+from exit_jax.training.processes import SINGLE, Processes
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +35,7 @@ class Segment:
     group: int  # index p of the episode
     sample: int  # index g of the rollout within its group
     completion: Completion
+    turn: int = 0  # which model call of its rollout (0: the reply to the episode's prompt)
     # The environment recognised the response as one of its response types (info["valid_response"];
     # True where an environment does not say): RunConfig.filter_invalid_responses trains only these.
     valid: bool = True
@@ -79,14 +85,19 @@ def _rollout_record(live: _Live) -> Rollout:
 
 def run_groups(policy: TextPolicy, episodes: Sequence[Episode], group_size: int,
                make_env: Callable[[Task], Env], seed: int, pool: concurrent.futures.Executor,
-               max_rounds: int = 64) -> tuple[list, list, dict]:
-    """Returns (groups [P][G] Rollouts, training Segments, stats)."""
-    first = policy.sample([list(ep.prompt) for ep in episodes], group_size, seed=seed)
+               max_rounds: int = 64, processes: Processes = SINGLE) -> tuple[list, list, dict]:
+    """Returns (groups [P][G] Rollouts, training Segments ordered by turn, group and sample, stats), for
+    all P episodes also when `processes` split the sampling and grading between them."""
+    mine = processes.share(len(episodes))
+    if processes.count > 1:
+        log.info("process %d of %d samples and grades groups %d-%d of %d", processes.index + 1, processes.count,
+                 mine.start, mine.stop - 1, len(episodes))
+    first = policy.sample([list(episodes[p].prompt) for p in mine], group_size, seed=seed, first_index=mine.start)
     live = {}
     segments = []
-    for p, ep in enumerate(episodes):
-        for g, completion in enumerate(first[p]):
-            env, context = restore(ep, make_env)
+    for p, row in zip(mine, first):
+        for g, completion in enumerate(row):
+            env, context = restore(episodes[p], make_env)
             live[p, g] = _Live(env=env, messages=list(context) + [
                 {"role": "assistant", "content": completion.text}], responses=[completion.text])
             segments.append(Segment(p, g, completion))
@@ -100,22 +111,31 @@ def run_groups(policy: TextPolicy, episodes: Sequence[Episode], group_size: int,
     rounds = 1
     while rounds < max_rounds:
         active = [k for k in keys if not live[k].result.done]
-        if not active:
+        # Row keys follow a rollout's place among all processes' running rollouts, as with one process.
+        offset, total = processes.offset(len(active))
+        if not total:
             break
-        replies = policy.sample([live[k].messages for k in active], 1, seed=seed + 7919 * rounds)
+        replies = policy.sample([live[k].messages for k in active], 1, seed=seed + 7919 * rounds,
+                                first_index=offset)
         for k, row in zip(active, replies):
             live[k].responses.append(row[0].text)
             live[k].messages.append({"role": "assistant", "content": row[0].text})
         results = list(pool.map(lambda k: _safe_step(live[k].env, live[k].responses[-1]), active))
-        segments += [_judged(Segment(k[0], k[1], row[0]), r) for k, row, r in zip(active, replies, results)]
+        segments += [_judged(Segment(k[0], k[1], row[0], rounds), r) for k, row, r in zip(active, replies, results)]
         for k, result in zip(active, results):
             live[k].result = result
             live[k].messages.extend(result.messages)
         rounds += 1
-    unfinished = sum(not live[k].result.done for k in keys)
-    groups = [[_rollout_record(live[p, g]) for g in range(group_size)] for p in range(len(episodes))]
+    shares = processes.gather(([[_rollout_record(live[p, g]) for g in range(group_size)] for p in mine],
+                               segments, sum(not live[k].result.done for k in keys)))
+    groups = [group for share, _, _ in shares for group in share]
+    segments = sorted((s for _, share, _ in shares for s in share), key=lambda s: (s.turn, s.group, s.sample))
+    return groups, segments, _stats(groups, segments, rounds, sum(n for _, _, n in shares))
+
+
+def _stats(groups: list, segments: list, rounds: int, unfinished: int) -> dict:
     completions = [s.completion for s in segments]
-    stats = {
+    return {
         "rollout/model_calls": len(segments),
         "rollout/rounds": rounds,
         "rollout/unfinished": unfinished,
@@ -127,4 +147,3 @@ def run_groups(policy: TextPolicy, episodes: Sequence[Episode], group_size: int,
         "rollout/ungraded": sum(not r.graded for g in groups for r in g),
         "rollout/mean_prompt_tokens": sum(len(c.prompt_ids) for c in completions) / len(completions),
     }
-    return groups, segments, stats
