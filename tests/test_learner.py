@@ -16,6 +16,7 @@ import numpy as np
 import optax
 import pytest
 
+from exit_jax import models
 from exit_jax.models import transformer
 from exit_jax.models.config import preset
 from exit_jax.rl import grpo, learner, parallel
@@ -366,6 +367,7 @@ def test_bad_config_and_batch_raise_clear_errors(params):
 # Adam divides by sqrt(v): on a near-zero gradient component, reduction-order noise (gloo vs in-process)
 # moves the update by a few % of the learning rate. A smaller rate keeps that under the 1e-5 tolerance.
 MULTIHOST_LR = 2e-4
+CHECKPOINT = os.path.join(os.path.dirname(__file__), "fixtures", "parity", "llama_gqa_tied")  # safetensors
 
 
 def _worker(pid: int, port: int, out: str) -> None:
@@ -382,6 +384,13 @@ def _worker(pid: int, port: int, out: str) -> None:
         state, _ = update(state, parallel.place_batch(batch, cfg))  # 2 epochs: 2 optimizer steps
         leaves = jax.tree.leaves(parallel.host_params(state, cfg))
         flat.update({f"{mode}_{i}": np.asarray(x) for i, x in enumerate(leaves)})
+    # A checkpoint read straight into shards that span both processes, and the state built in them.
+    mesh = parallel.make_mesh()
+    lm = models.load(CHECKPOINT, shardings=lambda tree: parallel.state_shardings(tree, mesh))
+    assert not all(x.is_fully_addressable for x in jax.tree.leaves(lm.params))
+    state = parallel.init_sharded(lm.params, cfg_for(parallel="fsdp"), mesh)
+    leaves = jax.tree.leaves(parallel.host_params(state, cfg_for(parallel="fsdp")))
+    flat.update({f"load_{i}": np.asarray(x) for i, x in enumerate(leaves)})
     if pid == 0:
         np.savez(out, **flat)
     jax.distributed.shutdown()
@@ -409,6 +418,9 @@ def test_two_processes_match_one_process(params, tmp_path):
     for mode in ("pmap", "fsdp"):
         for i, x in enumerate(want):
             np.testing.assert_allclose(got[f"{mode}_{i}"], x, atol=1e-5, err_msg=mode)
+    loaded = jax.tree.leaves(transformer.unstack_layers(models.load(CHECKPOINT).params))
+    for i, x in enumerate(loaded):
+        np.testing.assert_array_equal(got[f"load_{i}"], np.asarray(x))
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--worker"]:

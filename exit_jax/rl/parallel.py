@@ -100,11 +100,21 @@ def make_update(model_config: ModelConfig, cfg: LearnerConfig,
 def init_sharded(params, cfg: LearnerConfig, mesh) -> TrainState:
     """learner.init_state built straight into its FSDP shards: each device receives its slice of the
     params and computes its slice of the state; the whole state never exists on one device (a 7B model's
-    float32 params and Adam moments are 91 GB). One process; the params may be host arrays."""
+    float32 params and Adam moments are 91 GB). The params may be host arrays (the same on every process)
+    or already in their shards (models.load with shardings)."""
+    shardings = state_shardings(params, mesh)
+    params = jax.tree.map(lambda x, sharding: x if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(
+        sharding, x.ndim) else _put(x, sharding), params, shardings)
     shapes = jax.eval_shape(lambda p: init_state(p, cfg), params)
-    fn = jax.jit(init_state, static_argnums=1, in_shardings=(state_shardings(params, mesh),),
+    fn = jax.jit(init_state, static_argnums=1, in_shardings=(shardings,),
                  out_shardings=state_shardings(shapes, mesh))
     return fn(params, cfg)
+
+
+def _put(x, sharding) -> jax.Array:
+    """A host-identical value into its shards (multi-host safe: each process writes its devices' slices)."""
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 def place_state(state: TrainState, cfg: LearnerConfig, mesh=None) -> TrainState:
@@ -117,11 +127,7 @@ def place_state(state: TrainState, cfg: LearnerConfig, mesh=None) -> TrainState:
         return jax.tree.map(lambda x: jax.device_put(
             np.broadcast_to(np.asarray(x), (len(devices),) + x.shape), local), state)
     mesh = make_mesh(tensor=cfg.tensor_parallel) if mesh is None else mesh
-
-    def put(x, sharding):
-        host = np.asarray(x)
-        return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
-    return jax.tree.map(put, state, state_shardings(state, mesh))
+    return jax.tree.map(_put, state, state_shardings(state, mesh))
 
 
 def place_batch(batch: Batch, cfg: LearnerConfig, mesh=None) -> Batch:
@@ -153,7 +159,7 @@ def place_batch(batch: Batch, cfg: LearnerConfig, mesh=None) -> Batch:
         mine = slice(jax.process_index() * rows // hosts, (jax.process_index() + 1) * rows // hosts)
         return jax.tree.map(lambda x: x[mine].reshape((n, rows // hosts // n) + x.shape[1:]), batch)
     sharding = NamedSharding(make_mesh(tensor=cfg.tensor_parallel) if mesh is None else mesh, P(AXIS))
-    return jax.tree.map(lambda x: jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx]), batch)
+    return jax.tree.map(lambda x: _put(x, sharding), batch)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))

@@ -143,12 +143,12 @@ def train(run: RunConfig, model: Any, domain: Domain, curriculum: CurriculumConf
                          f"temperature {sampling.temperature}: old and new log-probs must match.")
     mesh = parallel.make_mesh(tensor=learner.tensor_parallel) if learner.parallel == "fsdp" else None
     processes = Processes.current()
-    # One process, FSDP: the checkpoint is read straight into the learner's shards, the state is built in
-    # its shards and restored into them, and the sampler splits the prompts over the same mesh, reading
+    # FSDP: the checkpoint is read straight into the learner's shards, the state is built in its shards
+    # and restored into them; with one process the sampler splits the prompts over the same mesh, reading
     # the sharded params in place. Otherwise the state is built here and placed below. Several processes
     # (multi-host): each samples its share of the groups on its own devices (split over them) from a host
     # copy of the params (see training.processes).
-    sharded = mesh is not None and processes.count == 1
+    sharded = mesh is not None
     lm = load_model(model, domain, run.workdir, model_dtype,
                     functools.partial(parallel.state_shardings, mesh=mesh) if sharded else None)
     fp = fingerprint(model=lm.config, domain=domain.name, curriculum=curriculum, learner=learner,
