@@ -10,7 +10,6 @@ model, domain and checkpoint, then `evaluate.final_evaluation` writes WORKDIR/ev
 mistyped path would otherwise evaluate the untrained model without a word); `--initial` evaluates the
 initial model there on purpose (the paper's "Base model" row).
 """
-import os
 import sys
 
 import gin_cli
@@ -29,10 +28,10 @@ def main(argv):
     gin_cli.enable_compilation_cache()
     gin_cli.tune_malloc()
     gin_cli.parse(args)
+    from exit_jax import storage
     from exit_jax.training import loop
-    workdir = gin_cli.run_workdir(args)
-    checkpoints = os.path.join(workdir, "checkpoints")
-    if not initial and not (os.path.isdir(checkpoints) and os.listdir(checkpoints)):
+    workdir = gin_cli.run_workdir(args)  # a local directory or a bucket (gs://)
+    if not initial and not storage.relative_files(storage.join(workdir, "checkpoints")):
         raise gin_cli.ConfigError(f"WORKDIR {workdir} holds no checkpoint: check the path, or pass --initial "
                                   "to evaluate the untrained model there.")
     gin_cli.call(loop.train)

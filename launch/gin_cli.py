@@ -135,7 +135,7 @@ def run_workdir(args) -> str:
     """The run's directory: WORKDIR with {domain} / {method} filled in."""
     from exit_jax.training import loop
     workdir = loop.resolve_workdir(*(query_macro(name, args) for name in ("WORKDIR", "DOMAIN", "METHOD")))
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
+    if "://" not in workdir and os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ConfigError(f"WORKDIR {workdir} is a file, not a directory; choose another WORKDIR.")
     return workdir
 

@@ -63,17 +63,21 @@ def main(argv):
     gin_cli.enable_compilation_cache()
     gin_cli.tune_malloc()
     gin_cli.parse(args)
+    from exit_jax import storage
     from exit_jax.training import loop
-    workdir = gin_cli.run_workdir(args)
+    workdir = run_dir = gin_cli.run_workdir(args)
+    import jax
+    log_name = f"train.process{jax.process_index()}.log" if jax.process_index() else "train.log"
+    if storage.is_remote(workdir):  # config and log go to the local working copy, uploaded as it trains
+        storage.Mirror(workdir).pull(only=(log_name,))  # an earlier attempt's log, to append to
+        workdir = storage.local_copy(workdir)
     gin_cli.write_operative_config(workdir)
     # force: importing jax / orbax already gave the root logger a handler (absl's), which made a plain
     # basicConfig a no-op and left train.log empty.
-    import jax
-    log_name = f"train.process{jax.process_index()}.log" if jax.process_index() else "train.log"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         handlers=[logging.FileHandler(os.path.join(workdir, log_name)),
                                   logging.StreamHandler()], force=True)
-    for noisy in ("absl", "jax._src.xla_bridge", "orbax"):
+    for noisy in ("absl", "jax._src.xla_bridge", "orbax", "fsspec", "gcsfs"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         notice = cpu_notice()
@@ -86,7 +90,7 @@ def main(argv):
     except loop.Interrupted as e:
         print(f"exit_jax: {e}", file=sys.stderr)
         raise SystemExit(e.exit_code) from None
-    print(f"done: {workdir} (last reward {metrics.get('reward/mean', float('nan')):.3f})")
+    print(f"done: {run_dir} (last reward {metrics.get('reward/mean', float('nan')):.3f})")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 
+from exit_jax import storage
 from exit_jax.models import gguf_io, hf, orbax_io
 from exit_jax.models.config import PRESETS, ModelConfig
 from exit_jax.models.tokenizer import Tokenizer
@@ -153,6 +154,8 @@ def load(source: str, dtype="float32", shardings=None) -> LM:
     model; the host holds one tensor at a time, or none for orbax). Default: the default device."""
     dt = _dtype(dtype)
     source = os.fspath(source)
+    if storage.is_remote(source):  # a checkpoint in a bucket: readers need local files
+        source = storage.fetch(source)
     if source == EMBEDDED:
         lm = load_gguf(embedded_gguf_path(), dt, shardings)
         return dataclasses.replace(lm, config=dataclasses.replace(lm.config, name=EMBEDDED))

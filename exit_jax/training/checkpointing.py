@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import threading
 import zlib
 from typing import Any, Optional
@@ -38,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from exit_jax import storage
 from exit_jax.training.processes import Processes
 
 log = logging.getLogger(__name__)
@@ -56,24 +56,18 @@ def _first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [""])[0][:200]
 
 
-def _crc32(path: str) -> int:
+def _crc32(fs, path: str) -> int:
     crc = 0
-    with open(path, "rb") as f:
+    with fs.open(path, "rb") as f:
         while block := f.read(1 << 24):
             crc = zlib.crc32(block, crc)
     return crc
 
 
-def _files(step_dir: str) -> dict:
+def _files(fs, step_dir: str) -> dict:
     """{relative path: [size, CRC-32]} of every file of a step (the manifest itself excluded)."""
-    out = {}
-    for root, _, names in os.walk(step_dir):
-        for name in names:
-            path = os.path.join(root, name)
-            rel = os.path.relpath(path, step_dir)
-            if rel != MANIFEST:
-                out[rel] = [os.path.getsize(path), _crc32(path)]
-    return out
+    return {rel: [size, _crc32(fs, storage.join(step_dir, rel))]
+            for rel, size in sorted(storage.relative_files(step_dir).items()) if rel != MANIFEST}
 
 
 @jax.jit
@@ -94,10 +88,12 @@ class Checkpointer:
         if max_to_keep is not None and max_to_keep < 2:
             raise ValueError(f"RunConfig.keep_checkpoints={max_to_keep}: keep at least 2 (or None for all), "
                              "so that the last verified checkpoint survives while the next one is written.")
-        self.directory = os.path.abspath(directory)
+        # A local path or a bucket (gs://): orbax writes either; our own files go through fsspec.
+        self.directory = directory if storage.is_remote(directory) else os.path.abspath(directory)
         self.rejected = self.directory + "_rejected"
         self._processes = Processes.current()
-        os.makedirs(self.directory, exist_ok=True)
+        self._fs = storage.filesystem(self.directory)
+        self._fs.makedirs(self.directory, exist_ok=True)
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                                enable_async_checkpointing=True)
         self._manager = ocp.CheckpointManager(self.directory, options=options,
@@ -126,13 +122,16 @@ class Checkpointer:
         Reading the files back for their CRCs (minutes for a 7B model's state) overlaps training."""
         try:
             self._manager.wait_until_finished()
-            step_dir = os.path.join(self.directory, str(step))
-            if not self._processes.primary or not os.path.isdir(step_dir):
+            step_dir = storage.join(self.directory, str(step))
+            if not self._processes.primary or not self._fs.isdir(step_dir):
                 return
-            files = _files(step_dir)
+            manifest = json.dumps({"step": step, "files": _files(self._fs, step_dir)})
+            if storage.is_remote(step_dir):  # an object appears whole or not at all
+                self._fs.pipe_file(storage.join(step_dir, MANIFEST), manifest.encode())
+                return
             tmp = os.path.join(step_dir, MANIFEST + ".tmp")
             with open(tmp, "w") as f:
-                json.dump({"step": step, "files": files}, f)
+                f.write(manifest)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, os.path.join(step_dir, MANIFEST))
@@ -177,22 +176,22 @@ class Checkpointer:
 
     def verify_files(self, step: int) -> Optional[str]:
         """Why `step`'s files do not match its manifest, or None (also None without a manifest)."""
-        step_dir = os.path.join(self.directory, str(step))
-        path = os.path.join(step_dir, MANIFEST)
-        if not os.path.exists(path):
+        step_dir = storage.join(self.directory, str(step))
+        path = storage.join(step_dir, MANIFEST)
+        if not self._fs.exists(path):
             return None
         try:
-            with open(path) as f:
+            with self._fs.open(path, "r") as f:
                 want = json.load(f)["files"]
         except (OSError, ValueError, KeyError) as e:
             return f"its manifest {path} is unreadable ({type(e).__name__})"
         for rel, (size, crc) in sorted(want.items()):
-            file = os.path.join(step_dir, rel)
-            if not os.path.exists(file):
+            file = storage.join(step_dir, rel)
+            if not self._fs.exists(file):
                 return f"{file} is missing"
-            if os.path.getsize(file) != size:
-                return f"{file} has {os.path.getsize(file)} bytes, {size} when written"
-            if _crc32(file) != crc:
+            if self._fs.size(file) != size:
+                return f"{file} has {self._fs.size(file)} bytes, {size} when written"
+            if _crc32(self._fs, file) != crc:
                 return f"{file} does not match the checksum recorded when it was written"
         return None
 
@@ -231,13 +230,13 @@ class Checkpointer:
         return None
 
     def _set_aside(self, step: int, problem: str) -> None:
-        dest = os.path.join(self.rejected, str(step))
+        dest = storage.join(self.rejected, str(step))
         self._processes.barrier(f"verified checkpoint {step}")  # every process has read the step
         if self._processes.primary:
-            os.makedirs(self.rejected, exist_ok=True)
-            if os.path.exists(dest):  # the same step rejected before: keep both
-                dest += f".{len(os.listdir(self.rejected))}"
-            shutil.move(os.path.join(self.directory, str(step)), dest)
+            self._fs.makedirs(self.rejected, exist_ok=True)
+            if self._fs.exists(dest):  # the same step rejected before: keep both
+                dest += f".{len(self._fs.ls(self.rejected))}"
+            self._fs.mv(storage.join(self.directory, str(step)), dest, recursive=True)
         self._processes.barrier(f"set aside checkpoint {step}")
         self._manager.reload()
         log.warning("checkpoint of iteration %d skipped: %s; moved to %s, trying the previous one",

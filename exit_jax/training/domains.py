@@ -109,7 +109,10 @@ def mle(train_ids: Optional[Sequence[str]] = None, eval_ids: Optional[Sequence[s
     from exit_jax.envs.mle import env as mle_env
     from exit_jax.envs.mle import lite, sandbox
     if mlebench_dir:
+        from exit_jax import storage
         from exit_jax.envs.mle import mlebench
+        if storage.is_remote(mlebench_dir):  # sandboxes read the competitions' files from a local disk
+            mlebench_dir = storage.fetch(mlebench_dir, kind="mlebench")
         tasks = {t.id: t for t in mlebench.tasks(mlebench_dir, competitions_dir=competitions_dir)}
     else:
         tasks = {t.id: t for t in lite.tasks()}

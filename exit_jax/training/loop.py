@@ -31,6 +31,7 @@ from exit_jax.models import transformer
 from exit_jax.curriculum import buffer, diversity, embedders, episodes as episodes_lib, stats
 from exit_jax.curriculum.config import CurriculumConfig
 from exit_jax.rl import grpo, learner as learner_lib, parallel
+from exit_jax import storage
 from exit_jax.training import batch as batch_lib
 from exit_jax.training.checkpointing import Checkpointer, CheckpointWriteError, fingerprint
 from exit_jax.training.domains import Domain
@@ -87,7 +88,8 @@ class NonFiniteUpdates(ValueError):
 
 
 def resolve_workdir(workdir: str, domain: str, method: str) -> str:
-    return os.path.abspath(os.path.expanduser(workdir.format(domain=domain, method=method)))
+    workdir = workdir.format(domain=domain, method=method)
+    return workdir if storage.is_remote(workdir) else os.path.abspath(os.path.expanduser(workdir))
 
 
 def load_model(model: Any, domain: Domain, workdir: str, dtype: str = "float32", shardings=None):
@@ -130,9 +132,27 @@ def train(run: RunConfig, model: Any, domain: Domain, curriculum: CurriculumConf
           evaluate_at_end: Optional[Any] = None, model_dtype: str = "float32") -> dict:
     """Runs (or resumes) training; returns the last iteration's metrics.
 
-    `run.workdir` may contain {domain} and {method}, e.g. "runs/{domain}_{method}".
+    `run.workdir` may contain {domain} and {method}, e.g. "runs/{domain}_{method}", and may be a bucket
+    (gs://…): checkpoints then go straight to it and the other files through a local working copy that
+    is uploaded after every iteration (exit_jax.storage).
     """
     run = dataclasses.replace(run, workdir=resolve_workdir(run.workdir, domain.name, curriculum.method))
+    args = (model, domain, curriculum, learner, sampling, evaluate_at_end, model_dtype)
+    checkpoints = storage.join(run.workdir, "checkpoints")
+    if not storage.is_remote(run.workdir):
+        return _train(run, checkpoints, lambda: None, *args)
+    mirror = storage.Mirror(run.workdir)
+    mirror.pull()
+    try:
+        return _train(dataclasses.replace(run, workdir=mirror.local), checkpoints, mirror.push, *args)
+    finally:
+        mirror.push()
+
+
+def _train(run: RunConfig, checkpoints: str, sync, model: Any, domain: Domain, curriculum: CurriculumConfig,
+           learner: learner_lib.LearnerConfig, sampling: SamplingConfig, evaluate_at_end: Optional[Any],
+           model_dtype: str) -> dict:
+    """train() in a local run directory; checkpoints may be elsewhere; sync() after each iteration."""
     os.makedirs(run.workdir, exist_ok=True)
     learner = dataclasses.replace(learner, group_size=run.group_size)  # for the zero-variance metric
     if sampling.temperature == 0:
@@ -159,7 +179,7 @@ def train(run: RunConfig, model: Any, domain: Domain, curriculum: CurriculumConf
         lm = dataclasses.replace(lm, params=None)  # the state holds them now: no second copy on the devices
     else:
         state = learner_lib.init_state(lm.params, learner)
-    ckpt = Checkpointer(os.path.join(run.workdir, "checkpoints"), run.keep_checkpoints)
+    ckpt = Checkpointer(checkpoints, run.keep_checkpoints)
     host = HostState(0, buffer.init(curriculum.capacity), np.random.default_rng(run.seed), frozenset())
     restored = ckpt.restore_latest(state, fp)  # the newest checkpoint that verifies (see checkpointing)
     if restored is not None:
@@ -259,6 +279,7 @@ def train(run: RunConfig, model: Any, domain: Domain, curriculum: CurriculumConf
                     and not _budget_spent(run, host) and not stop.signal:
                 metrics.update(_evaluate(evaluate_at_end, policy, domain, run, curriculum, host.iteration))
             writer.write(it, metrics)
+            sync()
             progress(it, metrics)
     if stopping and saved != host.iteration:
         ckpt.save(host.iteration, _savable(state, learner), host.to_json(fp))
