@@ -74,13 +74,13 @@ class Mirror:
         """Downloads the bucket's files into the working copy (the bucket's copy wins: it may be newer,
         from another machine), except the launcher's files that are already here; `only`: just these."""
         fs = filesystem(self.remote)
-        for relative in relative_files(self.remote):
+        wanted = [r for r in only if fs.exists(join(self.remote, r))] if only else relative_files(self.remote)
+        for relative in wanted:
             ours = any(fnmatch.fnmatch(relative, p) for p in LAUNCHER_FILES) and os.path.exists(
                 os.path.join(self.local, relative))
-            if self._kept(relative) and not ours and (not only or relative in only):
+            if self._kept(relative) and not ours:
                 target = os.path.join(self.local, *relative.split("/"))
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                fs.get(join(self.remote, relative), target)
+                _download(fs, join(self.remote, relative), target)
                 self._pushed[relative] = _stamp(target)
 
     def push(self) -> None:
@@ -97,6 +97,13 @@ class Mirror:
                     self._pushed[relative] = stamp
 
 
+def _download(fs, source: str, target: str) -> None:
+    """source (in fs) to the local path target, whole or not at all: a download cut short is not kept."""
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    fs.get_file(source, target + ".tmp")
+    os.replace(target + ".tmp", target)
+
+
 def _stamp(path: str) -> tuple:
     st = os.stat(path)
     return st.st_size, st.st_mtime_ns
@@ -110,16 +117,14 @@ def fetch(remote: str, kind: str = "models") -> str:
     root = fs._strip_protocol(remote).rstrip("/")
     if not fs.exists(root):
         raise FileNotFoundError(f"{remote} does not exist.")
-    if not fs.isdir(root):
-        target = os.path.join(local, posixpath.basename(root))
-        if not (os.path.exists(target) and os.path.getsize(target) == fs.size(root)):
-            os.makedirs(local, exist_ok=True)
-            fs.get_file(root, target)
-        return target
-    for relative, size in relative_files(remote).items():
-        target = os.path.join(local, *relative.split("/"))
-        if not (os.path.exists(target) and os.path.getsize(target) == size):
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            fs.get_file(join(remote.rstrip("/"), relative), target + ".tmp")
-            os.replace(target + ".tmp", target)  # a download cut short is fetched again
-    return local
+    if fs.isdir(root):
+        result = local
+        files = {join(remote.rstrip("/"), rel): (os.path.join(local, *rel.split("/")), size)
+                 for rel, size in relative_files(remote).items()}
+    else:
+        result = os.path.join(local, posixpath.basename(root))
+        files = {remote: (result, fs.size(root))}
+    for source, (target, size) in files.items():
+        if not (os.path.exists(target) and os.path.getsize(target) == size):  # else fetched before
+            _download(fs, source, target)
+    return result
