@@ -7,5 +7,6 @@
     processes    multi-host runs: each process samples its share of the groups, then they exchange them
     batch        packing model calls into the learner's fixed-shape batch
     host_state   what the loop carries between iterations (buffer, RNG), as checkpoints hold it
+    stopping     SIGTERM / Ctrl-C as a request to stop after the iteration, with a checkpoint
     checkpointing, metrics, evaluate
 """

@@ -12,13 +12,10 @@ is announced loses nothing; a kill without warning loses the iterations since th
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import dataclasses
 import functools
 import logging
 import os
-import signal
-import threading
 import time
 from typing import Any, Optional
 
@@ -40,6 +37,7 @@ from exit_jax.training.metrics import Discard, MetricsWriter
 from exit_jax.training.policy import SamplingConfig, TextPolicy
 from exit_jax.training.processes import Processes
 from exit_jax.training.rollout import run_groups
+from exit_jax.training.stopping import Interrupted, stop_requests
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +209,7 @@ def _train(run: RunConfig, checkpoints: str, sync, model: Any, domain: Domain, c
     saved = host.iteration  # the iteration of the newest checkpoint (or the start)
     skipped_in_a_row = 0
     stopping = False  # a stop request reached some process: all of them stop after the same iteration
-    with concurrent.futures.ThreadPoolExecutor(run.env_workers) as pool, _stop_requests() as stop:
+    with concurrent.futures.ThreadPoolExecutor(run.env_workers) as pool, stop_requests() as stop:
         while host.iteration < run.num_iterations and not _budget_spent(run, host):
             if processes.any(stop.signal is not None):
                 stopping = True
@@ -316,48 +314,6 @@ def _evaluate(evaluate_fn, policy: TextPolicy, domain: Domain, run: RunConfig,
         curve = ev["curves"][ev["headline"]]
         out[f"eval/{name}/k0"], out[f"eval/{name}/kK"] = curve[0], curve[-1]
     return out
-
-
-class Interrupted(Exception):
-    """The run stopped early on SIGTERM or SIGINT, after checkpointing its last iteration."""
-
-    def __init__(self, signal_name: str, message: str):
-        super().__init__(message)
-        self.exit_code = 128 + signal.Signals[signal_name].value  # the shell's code for that signal
-
-
-@contextlib.contextmanager
-def _stop_requests(signals=(signal.SIGTERM, signal.SIGINT)):
-    """Turns the first SIGTERM / SIGINT into a request (`.signal` = its name) that the loop honours at the
-    end of the iteration; a second one gets the previous handler at once. Only the main thread may set
-    handlers: elsewhere nothing is installed."""
-    request = _StopRequest()
-    if threading.current_thread() is not threading.main_thread():
-        yield request
-        return
-    previous = {s: signal.getsignal(s) for s in signals}
-
-    def handler(signum, frame):
-        if request.signal:
-            signal.signal(signum, previous[signum])
-            signal.raise_signal(signum)
-            return
-        request.signal = signal.Signals(signum).name
-        log.warning("%s: finishing this iteration and checkpointing it, then stopping (send it again to "
-                    "stop at once)", request.signal)
-
-    for s in signals:
-        signal.signal(s, handler)
-    try:
-        yield request
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
-@dataclasses.dataclass
-class _StopRequest:
-    signal: Optional[str] = None
 
 
 SLOW_PHASE_S = 60.0
