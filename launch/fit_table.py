@@ -23,10 +23,10 @@ BEGIN, END = "<!-- fit-table:begin -->", "<!-- fit-table:end -->"
 CONFIGS = {"math": ("math.gin", "models/llama3_2_3b.gin"), "tool_use": ("tool_use.gin", "models/qwen2_5_7b.gin"),
            "mle": ("mle.gin", "models/deepseek_r1_distill_qwen_7b.gin")}
 # Where full fine-tuning cannot fit (a 7B model's float32 params and Adam moments alone are 10.6 GiB of a
-# 16 GiB v5e chip on 8 chips, 21.3 GiB of a 32 GiB v4 chip on 4), the documented option: bfloat16 params
-# and moments (docs/tpu.md's caveat).
-OPTIONS = {"bf16params": ["--gin.learner.LearnerConfig.param_dtype='bfloat16'"]}
-OPTION_CELLS = [(f"{c}+bf16params", t) for c in ("tool_use", "mle") for t in ("v4-8", "v5e-8")]
+# 16 GiB v5e chip on 8 chips, 21.3 GiB of a 32 GiB v4 chip on 4), the documented options: bfloat16 params
+# and moments (docs/tpu.md's caveat), or LoRA adapters on a frozen bfloat16 base (docs/lora.md).
+OPTIONS = {"bf16params": ["--gin.learner.LearnerConfig.param_dtype='bfloat16'"], "lora": ["--gin_file=lora.gin"]}
+OPTION_CELLS = [(f"{c}+{o}", t) for o in OPTIONS for c in ("tool_use", "mle") for t in ("v4-8", "v5e-8")]
 
 
 def cell(config: str, topology: str, extra: list) -> dict:

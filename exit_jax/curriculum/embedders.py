@@ -152,7 +152,8 @@ class MiniLM:
 class PolicyHidden:
     """Mean-pooled last hidden states of the policy itself.
 
-    `policy` is any object with `.config` (ModelConfig), `.params` and `.tokenizer.encode(text)`.
+    `policy` is any object with `.config` (ModelConfig), `.params` and `.tokenizer.encode(text)` (and
+    `.lora`, a models.lora.LoraConfig, when its params carry adapters).
     Texts are right-padded to a power-of-two length (≥ 16, ≤ max_length) so a few shapes cover all
     calls; the causal mask keeps padding out of every real token's state.
     """
@@ -163,9 +164,10 @@ class PolicyHidden:
         from exit_jax.models import transformer
 
         self.policy, self.max_length = policy, int(max_length)
-        config = policy.config
+        config, lora = policy.config, getattr(policy, "lora", None)
+
         def hidden(params, tokens, mask):  # [n, T, D]
-            return transformer.forward(params, config, tokens, mask, return_hidden=True)[1]
+            return transformer.forward(params, config, tokens, mask, return_hidden=True, lora=lora)[1]
 
         self._hidden = jax.jit(hidden)
 

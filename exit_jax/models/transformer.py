@@ -289,7 +289,7 @@ class Transformer(nn.Module):
         if self.scan_layers:
             if cache is not None:
                 raise ValueError("Transformer(scan_layers=True) runs the no-cache forward only.")
-            layers = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
+            layers = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
                              in_axes=(nn.broadcast,) * 4, length=c.num_layers)
             x, _ = layers(c, self.dtype, self.param_dtype, self.decode_reduce, self.attention, self.mesh,
                           name="layers")(x, positions, mask, None, 0)
@@ -359,20 +359,27 @@ def unstack_layers(params):
 
 
 def forward(params, config: ModelConfig, tokens, input_mask=None, dtype=jnp.float32, remat=False,
-            return_hidden=False, head=True, attention="dense", mesh=None, remat_policy="full"):
+            return_hidden=False, head=True, attention="dense", mesh=None, remat_policy="full", lora=None,
+            dropout_key=None):
     """No-cache forward pass. tokens int32 [B, T]; input_mask bool [B, T] (default: all valid).
 
     head=False returns only the final (normed) hidden states [B, T, D], for callers that need logits
     at a few positions: `project` them there instead of paying for all T x V. Params in the scanned
-    layout (see stack_layers) run the layers under scan.
+    layout (see stack_layers) run the layers under scan. lora (models.lora.LoraConfig): params hold
+    adapters beside the targeted kernels; dropout_key turns on their dropout (training).
     """
     if input_mask is None:
         input_mask = jnp.ones(tokens.shape, bool)
     model = Transformer(config, dtype=dtype, remat=remat, remat_policy=remat_policy, head=head,
                         scan_layers="layers" in params,
                         attention=attention, mesh=mesh)
+    rngs = None
+    if lora is not None:
+        from exit_jax.models import lora as lora_lib
+        model = lora_lib.wrap(model, lora, train=dropout_key is not None)
+        rngs = None if dropout_key is None else {"dropout": dropout_key}
     logits, _, hidden = model.apply({"params": params}, tokens, positions_from_mask(input_mask),
-                                    causal_mask(input_mask))
+                                    causal_mask(input_mask), rngs=rngs)
     if not head:
         return hidden
     return (logits, hidden) if return_hidden else logits

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from exit_jax.models import flash, transformer
+from exit_jax.models import flash, lora as lora_lib, transformer
 from exit_jax.models.config import ModelConfig
 from exit_jax.rl import grpo, memory
 
@@ -104,6 +104,19 @@ class LearnerConfig:
     # parallel="fsdp": devices per tensor-parallel group (mesh axis "tensor"): attention heads, MLP
     # columns and the vocabulary split over it, FSDP and the rows over the other axis ("data").
     tensor_parallel: int = 1
+    # LoRA (models.lora, docs/lora.md): rank > 0 trains adapters on these projections and freezes the
+    # base weights, kept in the compute dtype; the optimizer state, the reference policy and the
+    # checkpoints then hold the adapters only.
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_targets: tuple = lora_lib.TARGETS
+    lora_dropout: float = 0.0
+
+    @property
+    def lora(self) -> Optional[lora_lib.LoraConfig]:
+        if not self.lora_rank:
+            return None
+        return lora_lib.LoraConfig(self.lora_rank, self.lora_alpha, tuple(self.lora_targets), self.lora_dropout)
 
     def __post_init__(self):
         for name, value, choices in (
@@ -131,13 +144,16 @@ class LearnerConfig:
             raise ValueError(f"LearnerConfig.ref_alpha must lie in [0, 1]; got {self.ref_alpha}.")
         if self.temperature <= 0:
             raise ValueError(f"LearnerConfig.temperature must be > 0; got {self.temperature}.")
+        if self.lora_rank < 0:
+            raise ValueError(f"LearnerConfig.lora_rank must be >= 0 (0: full fine-tuning); got {self.lora_rank}.")
+        self.lora  # validates the other LoRA fields
 
 
 class TrainState(NamedTuple):
     step: jax.Array  # int32 []: GRPO iterations done
-    params: Any
-    opt_state: Any
-    ref_params: Any  # None when kl_beta == 0: no reference forward pass at all
+    params: Any  # with LoRA: the frozen base and the adapters beside its kernels (models.lora)
+    opt_state: Any  # of the trained params: all of them, or the adapters
+    ref_params: Any  # trained params of the reference; None when kl_beta == 0: no reference pass at all
     skipped: jax.Array  # int32 []: optimizer steps skipped for a non-finite loss or gradient
 
 
@@ -155,17 +171,25 @@ def init_state(params, cfg: LearnerConfig) -> TrainState:
     """Fresh state; params are copied (the update donates its state) and cast to cfg.param_dtype.
 
     With cfg.scan_layers the per-layer params are stacked (transformer.stack_layers). The reference
-    policy is only ever run forward, so it is kept in the compute dtype (bfloat16 halves it).
+    policy is only ever run forward, so it is kept in the compute dtype (bfloat16 halves it). With LoRA
+    the base is frozen in the compute dtype and fresh adapters (a no-op until trained) are the trained
+    params; the reference is then the base plus a copy of the adapters, never a second base.
     Traceable: `jax.jit(init_state, static_argnums=1, out_shardings=...)` builds it sharded.
     """
+    cast = lambda tree, dtype: jax.tree.map(lambda x: jnp.array(x, dtype=DTYPES[dtype]), tree)  # noqa: E731
+    if cfg.lora is None:
+        params = cast(params, cfg.param_dtype)
+    else:
+        params = lora_lib.combine(cast(params, cfg.compute_dtype),
+                                  cast(lora_lib.init(transformer.unstack_layers(params), cfg.lora), cfg.param_dtype))
     if cfg.scan_layers:
         params = transformer.stack_layers(params)
-    params = jax.tree.map(lambda x: jnp.array(x, dtype=DTYPES[cfg.param_dtype]), params)
+    trained = _trained(params, cfg)
     ref = None  # starts at the initial θ
     if cfg.kl_beta > 0:
-        ref = jax.tree.map(lambda x: jnp.array(x, dtype=DTYPES[cfg.compute_dtype]), params)
+        ref = cast(trained, cfg.compute_dtype)
     zero = jnp.zeros((), jnp.int32)
-    state = TrainState(zero, params, make_optimizer(cfg).init(params), ref, zero)
+    state = TrainState(zero, params, make_optimizer(cfg).init(trained), ref, zero)
     # Every leaf its own buffer: a donated argument may not alias itself (e.g. step and skipped).
     return jax.tree.map(jnp.copy, state)
 
@@ -173,7 +197,7 @@ def init_state(params, cfg: LearnerConfig) -> TrainState:
 def token_logprobs(params, model_config: ModelConfig, tokens, input_mask, temperature: float = 1.0,
                    dtype=jnp.float32, remat: bool = False, with_entropy: bool = False,
                    width: Optional[int] = None, vocab_chunk: int = 0, attention: str = "dense", mesh=None,
-                   remat_policy: str = "full"):
+                   remat_policy: str = "full", lora=None, dropout_key=None):
     """log softmax(logits / temperature) of each token given its prefix, as the sampler computes it.
 
     tokens int32 [B, L], input_mask bool [B, L] -> logp f32 [B, W] for the last W = `width` columns
@@ -182,14 +206,16 @@ def token_logprobs(params, model_config: ModelConfig, tokens, input_mask, temper
     scored token is predicted: with the completion as the last W of L columns this skips the prompt's
     share of the head, the largest single matmul of a small model (49k x 576 for SmolLM2). vocab_chunk
     > 0 projects that many columns at a time and recomputes them in the backward pass, so the [B, W, V]
-    logits never exist at once (same numbers). attention / mesh / remat_policy: see Transformer.
+    logits never exist at once (same numbers). attention / mesh / remat_policy: see Transformer;
+    lora / dropout_key: see transformer.forward.
     """
     length = tokens.shape[1]
     width = length if width is None else width
     if not 0 < width <= length:
         raise ValueError(f"width={width} must lie in [1, {length}] (the batch length).")
     hidden = transformer.forward(params, model_config, tokens, input_mask, dtype=dtype, remat=remat,
-                                 head=False, attention=attention, mesh=mesh, remat_policy=remat_policy)
+                                 head=False, attention=attention, mesh=mesh, remat_policy=remat_policy,
+                                 lora=lora, dropout_key=dropout_key)
     start = max(length - width, 1)  # first scored column; column 0 has no predictor
     hidden, targets = hidden[:, start - 1:length - 1], tokens[:, start:]
 
@@ -269,8 +295,14 @@ def _batch_stats(batch, cfg: LearnerConfig, axis_name):
     return n_seq, n_tok, stats
 
 
-def _gradients(params, ref_params, batch, model_config, cfg, axis_name, num_shards, mesh):
-    """Loss gradient of the whole (per-device share of the) batch, accumulated over micro-batches."""
+def _trained(params, cfg: LearnerConfig):
+    """The params the optimizer moves: all of them, or with LoRA the adapters."""
+    return params if cfg.lora is None else lora_lib.split(params)[1]
+
+
+def _gradients(params, ref_params, batch, model_config, cfg, axis_name, num_shards, mesh, key):
+    """Loss gradient of the whole (per-device share of the) batch with respect to the trained params,
+    accumulated over micro-batches. key: LoRA dropout's draws."""
     n_seq, n_tok, stats = _batch_stats(batch, cfg, axis_name)
     # completion_mask / old_logprobs may cover only the last W columns of tokens (see module doc).
     device = jax.devices()[0] if mesh is None else mesh.devices.flat[0]
@@ -279,15 +311,18 @@ def _gradients(params, ref_params, batch, model_config, cfg, axis_name, num_shar
     fwd = functools.partial(token_logprobs, model_config=model_config, temperature=cfg.temperature,
                             dtype=DTYPES[cfg.compute_dtype], remat=remat, remat_policy=cfg.remat_policy,
                             width=width, vocab_chunk=cfg.vocab_chunk,
-                            attention=flash.resolve(cfg.attention, platform), mesh=mesh)
+                            attention=flash.resolve(cfg.attention, platform), mesh=mesh, lora=cfg.lora)
+    base = None if cfg.lora is None else lora_lib.split(params)[0]
+    full = lambda t: t if base is None else lora_lib.combine(base, t)  # noqa: E731
+    dropout = cfg.lora is not None and cfg.lora.dropout > 0
 
-    def loss_fn(p, mb):
-        logp, entropy = fwd(p, tokens=mb["tokens"], input_mask=mb["input_mask"],
-                            with_entropy=cfg.compute_entropy)
+    def loss_fn(t, mb, mb_key):
+        logp, entropy = fwd(full(t), tokens=mb["tokens"], input_mask=mb["input_mask"],
+                            with_entropy=cfg.compute_entropy, dropout_key=mb_key if dropout else None)
         ref_logp = None
         if cfg.kl_beta > 0:
             ref_logp = jax.lax.stop_gradient(
-                fwd(ref_params, tokens=mb["tokens"], input_mask=mb["input_mask"])[0])
+                fwd(full(ref_params), tokens=mb["tokens"], input_mask=mb["input_mask"])[0])
         return grpo.policy_loss(
             logp, mb["old_logprobs"], mb["advantages"], mb["completion_mask"], ref_logp,
             cfg.clip_low, cfg.clip_high, cfg.kl_beta, cfg.kl_estimator, cfg.aggregation,
@@ -295,11 +330,12 @@ def _gradients(params, ref_params, batch, model_config, cfg, axis_name, num_shar
             entropy=entropy, max_length=cfg.max_completion_length, num_sequences=n_seq,
             num_tokens=n_tok)
 
-    def body(carry, mb):
+    def body(carry, mb_key):
         grads, sums = carry
+        mb, mb_key = mb_key
         if mesh is not None:  # keep each micro-batch spread over the devices
             mb = jax.lax.with_sharding_constraint(mb, NamedSharding(mesh, P(AXIS)))
-        (_, m), g = jax.value_and_grad(loss_fn, has_aux=True)(params, mb)
+        (_, m), g = jax.value_and_grad(loss_fn, has_aux=True)(trained, mb, mb_key)
         grads = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), grads, g)
         sums = sums | {k: sums[k] + m[k] for k in grpo.SUM_METRICS}
         sums["ratio_min"] = jnp.minimum(sums["ratio_min"], m["ratio_min"])
@@ -309,8 +345,8 @@ def _gradients(params, ref_params, batch, model_config, cfg, axis_name, num_shar
     # Differentiate with respect to the compute-dtype copy of the weights the layers cast anyway: the
     # gradients are bit-identical (the cast's backward only widens them), but one micro-batch's gradient
     # tree is then half the size (a 7B update's temporaries: 2.9x -> 2x its float32 params per device).
-    params = _compute_copy(params, DTYPES[cfg.compute_dtype])
-    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    trained = _compute_copy(_trained(params, cfg), DTYPES[cfg.compute_dtype])
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), trained)
     sums = {k: jnp.zeros((), jnp.float32) for k in grpo.SUM_METRICS}
     sums.update(ratio_min=jnp.array(jnp.inf), ratio_max=jnp.array(-jnp.inf))
     # One device only: data-parallel devices wait for the slowest at the gradient psum, so skipping on
@@ -323,17 +359,19 @@ def _gradients(params, ref_params, batch, model_config, cfg, axis_name, num_shar
         micro = jax.tree.map(lambda x: x.reshape((n_micro, -1) + x.shape[1:]), (batch, live))
     else:  # the strided split that spreads every micro-batch over the devices
         micro = jax.tree.map(lambda x: _split_micro(x, n_micro), (batch, live))
+    if axis_name is not None:  # pmap: each device its own dropout draws
+        key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
 
-    def maybe_body(carry, mb_live):
-        mb, mb_live = mb_live
+    def maybe_body(carry, xs):
+        (mb, mb_live), mb_key = xs
         if not skip:
-            return body(carry, mb)
+            return body(carry, (mb, mb_key))
         tokens = jnp.sum(mb["completion_mask"] * mb_live[:, None])
-        (grads, sums), _ = jax.lax.cond(jnp.any(mb_live), body, lambda c, _: (c, None), carry, mb)
+        (grads, sums), _ = jax.lax.cond(jnp.any(mb_live), body, lambda c, _: (c, None), carry, (mb, mb_key))
         return (grads, sums | {"live_tokens": sums["live_tokens"] + tokens}), None
 
     sums["live_tokens"] = jnp.zeros((), jnp.float32)
-    (grads, metrics), _ = jax.lax.scan(maybe_body, (zeros, sums), micro)
+    (grads, metrics), _ = jax.lax.scan(maybe_body, (zeros, sums), (micro, jax.random.split(key, n_micro)))
     live_tokens = _psum(metrics.pop("live_tokens"), axis_name)
     if axis_name is not None:
         grads = jax.lax.psum(grads, axis_name)
@@ -352,7 +390,8 @@ def _compute_copy(params, dtype):
     """Matmul kernels, embeddings and biases in the compute dtype (flax's Dense and Embed cast them to it
     before use); norm scales keep their dtype (Gemma's norm computes with them in float32)."""
     def cast(path, x):
-        return x.astype(dtype) if getattr(path[-1], "key", None) in ("kernel", "embedding", "bias") else x
+        weights = ("kernel", "embedding", "bias", lora_lib.A, lora_lib.B)
+        return x.astype(dtype) if getattr(path[-1], "key", None) in weights else x
     return jax.tree_util.tree_map_with_path(cast, params)
 
 
@@ -362,20 +401,21 @@ def _live_rows(batch):
     return (adv != 0) & batch.get("sample_mask", jnp.ones(adv.shape, bool))
 
 
-def _optimizer_step(state: TrainState, batch, model_config, cfg, axis_name, num_shards, mesh):
+def _optimizer_step(state: TrainState, batch, model_config, cfg, axis_name, num_shards, mesh, key):
     grads, metrics = _gradients(state.params, state.ref_params, batch, model_config, cfg, axis_name,
-                                num_shards, mesh)
-    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
+                                num_shards, mesh, key)
+    trained = _trained(state.params, cfg)
+    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, trained)
     # The global norm is finite iff every gradient entry is (an overflowing sum of squares counts as
     # non-finite too: clipping by it would be 0 * inf). One reduction, where a per-leaf isfinite
     # check unrolled into ~500k HLO ops and took most of the update's compile time.
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
-    updates, opt_state = make_optimizer(cfg).update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    updates, opt_state = make_optimizer(cfg).update(grads, state.opt_state, trained)
     # A non-finite loss or gradient leaves params and optimizer state (and its step count) untouched.
     keep_old = lambda new, old: jnp.where(finite, new, old)
-    params = jax.tree.map(keep_old, params, state.params)
+    trained = jax.tree.map(keep_old, optax.apply_updates(trained, updates), trained)
+    params = trained if cfg.lora is None else lora_lib.combine(state.params, trained)
     opt_state = jax.tree.map(keep_old, opt_state, state.opt_state)
     skipped = (~finite).astype(jnp.int32)
     metrics = metrics | {"grad_norm": grad_norm, "skipped": skipped}
@@ -394,10 +434,13 @@ def update_step(state: TrainState, batch: Batch, model_config: ModelConfig, cfg:
         raise ValueError("LearnerConfig.kl_beta > 0 needs a reference policy: build the state with "
                          "init_state(params, cfg) using a config whose kl_beta > 0.")
 
-    def epoch(s, _):
-        return _optimizer_step(s, batch, model_config, cfg, axis_name, num_shards, mesh)
+    key = jax.random.fold_in(jax.random.PRNGKey(0 if cfg.lora is None else cfg.lora.seed), state.step)
 
-    state, per_epoch = jax.lax.scan(epoch, state, None, length=cfg.epochs)
+    def epoch(s, e):
+        return _optimizer_step(s, batch, model_config, cfg, axis_name, num_shards, mesh,
+                               jax.random.fold_in(key, e))
+
+    state, per_epoch = jax.lax.scan(epoch, state, jnp.arange(cfg.epochs))
     metrics = {k: jnp.mean(v) for k, v in per_epoch.items()}
     metrics.update(ratio_min=jnp.min(per_epoch["ratio_min"]), ratio_max=jnp.max(per_epoch["ratio_max"]),
                    skipped=jnp.sum(per_epoch["skipped"]))
@@ -408,7 +451,7 @@ def update_step(state: TrainState, batch: Batch, model_config: ModelConfig, cfg:
         mix = lambda r: jax.tree.map(
             lambda t, q: (cfg.ref_alpha * t.astype(jnp.float32)
                           + (1.0 - cfg.ref_alpha) * q.astype(jnp.float32)).astype(q.dtype),
-            state.params, r)
+            _trained(state.params, cfg), r)
         ref = jax.lax.cond(refresh, mix, lambda r: r, ref)
     metrics["ref_updated"] = (refresh & (ref is not None)).astype(jnp.int32)
     return state._replace(step=step, ref_params=ref), metrics

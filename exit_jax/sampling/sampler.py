@@ -27,7 +27,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from exit_jax.models.config import ModelConfig
-from exit_jax.models import flash
+from exit_jax.models import flash, lora
 from exit_jax.models.transformer import Transformer, causal_mask, init_cache, positions_from_mask, project
 from exit_jax.sampling.methods import Knobs, choose_tokens, make_knobs
 from exit_jax.sampling.output import SampleOutput
@@ -47,6 +47,12 @@ class SamplerSpec:
     prefill_chunks: int = 1  # prompts prefilled in this many passes (long prompts: less temporary memory)
     decode_reduce: bool = True  # Transformer.decode_reduce: True on CPU
     attention: str = "dense"  # Transformer.attention of the prefill (flash.resolve of the knob)
+    lora: Any = None  # models.lora.LoraConfig when the params carry unmerged adapters
+
+
+def _model(spec: SamplerSpec, **kwargs):
+    model = Transformer(spec.config, dtype=spec.dtype, decode_reduce=spec.decode_reduce, **kwargs)
+    return model if spec.lora is None else lora.wrap(model, spec.lora)
 
 
 @flax.struct.dataclass
@@ -92,8 +98,7 @@ def _is_stop(spec: SamplerSpec, tokens):
 def _prompt_pass(spec: SamplerSpec, params, tokens, prompt_mask):
     """Prompts [P, L] -> float32 logits of their last token [P, 1, V] and the KV cache of their slots."""
     num_p, length = tokens.shape
-    model = Transformer(spec.config, dtype=spec.dtype, head=False, decode_reduce=spec.decode_reduce,
-                        attention=spec.attention, mesh=spec.mesh)
+    model = _model(spec, head=False, attention=spec.attention, mesh=spec.mesh)
     cache = init_cache(spec.config, num_p, length, spec.dtype)  # the prompt's slots only
     _, cache, hidden = model.apply({"params": params}, tokens, positions_from_mask(prompt_mask),
                                    causal_mask(prompt_mask), cache, 0)
@@ -141,7 +146,7 @@ def _prefill_impl(spec: SamplerSpec, params, tokens, prompt_mask, prompt_index, 
 
 def _decode_impl(spec: SamplerSpec, params, state: SamplingState) -> SamplingState:
     """Emit completion tokens 1..N-1 until every row is done."""
-    model = Transformer(spec.config, dtype=spec.dtype, decode_reduce=spec.decode_reduce)
+    model = _model(spec)
     length = state.prompt_mask.shape[1]
     slots = jnp.arange(length + spec.max_new_tokens)  # [S]
     kv_prompt = jnp.pad(state.prompt_mask, ((0, 0), (0, spec.max_new_tokens)))  # [B, S]
@@ -200,7 +205,8 @@ class Sampler:
                  eos_ids: Sequence[int], pad_id: int, stop_ids: Sequence[int] = (),
                  dtype: Any = jnp.float32, mesh: Optional[Mesh] = None,
                  data_axis: Optional[str] = None, min_bucket: int = 32, prefill_chunks: int = 1,
-                 attention: str = "auto"):
+                 attention: str = "auto", lora: Any = None):
+        """lora: a models.lora.LoraConfig when `params` will carry unmerged adapters."""
         if num_samples < 1 or max_new_tokens < 1 or prefill_chunks < 1:
             raise ValueError(f"num_samples, max_new_tokens and prefill_chunks must be >= 1, got "
                              f"{num_samples}, {max_new_tokens} and {prefill_chunks}.")
@@ -212,7 +218,7 @@ class Sampler:
         platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
         self.spec = SamplerSpec(config, int(num_samples), int(max_new_tokens), stops, int(pad_id),
                                 jnp.dtype(dtype), mesh, data_axis, int(prefill_chunks), platform == "cpu",
-                                flash.resolve(attention, platform))
+                                flash.resolve(attention, platform), lora)
         self.min_bucket = int(min_bucket)
         # Built per instance from the module-level functions; jax shares traces between instances.
         self._prefill = jax.jit(_prefill_impl, static_argnums=0)

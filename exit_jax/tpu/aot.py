@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from exit_jax.models import flash, transformer
+from exit_jax.models import flash, lora, transformer
 from exit_jax.models.config import ModelConfig
 from exit_jax.rl import learner as learner_lib, memory, parallel
 from exit_jax.sampling import sampler as sampler_lib
@@ -198,8 +198,11 @@ def compile_sampler(config, cfg, shape: RunShape, mesh, resident: int) -> list[R
     dtype = jnp.dtype(shape.model_dtype)
     spec = sampler_lib.SamplerSpec(config, shape.group, shape.new_tokens, (0,), 0, dtype, mesh,
                                    learner_lib.AXIS, shape.prefill_chunks, decode_reduce=False,
-                                   attention=flash.resolve(shape.attention, "tpu"))
+                                   attention=flash.resolve(shape.attention, "tpu"), lora=cfg.lora)
     params = jax.eval_shape(functools.partial(transformer.init_params, config, param_dtype=dtype))
+    if cfg.lora is not None:  # the learner's base and adapters, read unmerged
+        params = jax.eval_shape(lambda p: lora.combine(p, jax.tree.map(
+            lambda x: x.astype(dtype), lora.init(p, cfg.lora))), params)
     params = _abstract(params, parallel.state_shardings(params, mesh))
     shards = mesh.shape[learner_lib.AXIS]
     per_call = min(shape.prompts_per_call or shape.prompts, shape.prompts)

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from exit_jax import models
-from exit_jax.models import transformer
+from exit_jax.models import lora, transformer
 from exit_jax.curriculum import buffer, diversity, embedders, episodes as episodes_lib, stats
 from exit_jax.curriculum.config import CurriculumConfig
 from exit_jax.rl import grpo, learner as learner_lib, parallel
@@ -32,6 +32,7 @@ from exit_jax import storage
 from exit_jax.training import batch as batch_lib
 from exit_jax.training.checkpointing import Checkpointer, CheckpointWriteError, fingerprint
 from exit_jax.training.domains import Domain
+from exit_jax.training.export import export
 from exit_jax.training.host_state import HostState
 from exit_jax.training.metrics import Discard, MetricsWriter
 from exit_jax.training.policy import SamplingConfig, TextPolicy
@@ -70,6 +71,8 @@ class RunConfig:
     # them (their advantage is 0, paper §13.4).
     drop_zero_variance_groups: bool = False
     progress: bool = True
+    # Write the final policy here (training.export: an HF directory, and the PEFT adapters with LoRA).
+    export_dir: str = ""
 
     def __post_init__(self):
         if self.max_skipped_iterations < 0:
@@ -172,6 +175,8 @@ def _train(run: RunConfig, checkpoints: str, sync, model: Any, domain: Domain, c
     fp = fingerprint(model=lm.config, domain=domain.name, curriculum=curriculum, learner=learner,
                      sampling=sampling, seed=run.seed, group_size=run.group_size,
                      prompts_per_iteration=run.prompts_per_iteration)
+    if learner.lora is not None:  # the checkpoints hold adapters only: the base they were trained on
+        fp["base_model"] = model if isinstance(model, str) else lm.config.name
     if sharded:
         state = parallel.init_sharded(lm.params, learner, mesh)
         lm = dataclasses.replace(lm, params=None)  # the state holds them now: no second copy on the devices
@@ -179,10 +184,11 @@ def _train(run: RunConfig, checkpoints: str, sync, model: Any, domain: Domain, c
         state = learner_lib.init_state(lm.params, learner)
     ckpt = Checkpointer(checkpoints, run.keep_checkpoints)
     host = HostState(0, buffer.init(curriculum.capacity), np.random.default_rng(run.seed), frozenset())
-    restored = ckpt.restore_latest(state, fp)  # the newest checkpoint that verifies (see checkpointing)
+    # The newest checkpoint that verifies (see checkpointing).
+    restored = ckpt.restore_latest(_checkpointed(state, learner), fp)
     if restored is not None:
-        state, host_json, _ = restored
-        host = HostState.from_json(host_json)
+        state = _with_base(restored[0], state, learner)
+        host = HostState.from_json(restored[1])
         log.info("resumed from iteration %d in %s", host.iteration, run.workdir)
     if not sharded:
         state = parallel.place_state(state, learner, mesh)
@@ -190,7 +196,7 @@ def _train(run: RunConfig, checkpoints: str, sync, model: Any, domain: Domain, c
     sample_mesh = mesh if sharded else None
     if processes.count > 1:
         sample_mesh = parallel.make_mesh(jax.local_devices())  # this process's devices only
-    policy = TextPolicy(lm, sampling, stop_strings=domain.stop_strings, mesh=sample_mesh)
+    policy = TextPolicy(lm, sampling, stop_strings=domain.stop_strings, mesh=sample_mesh, lora=learner.lora)
     policy.check_fits(opening_prompts(domain))
     sampling_params = functools.partial(_sampling_params, learner=learner, dtype=lm.dtype, mesh=sample_mesh)
     policy.params = sampling_params(state)
@@ -255,7 +261,7 @@ def _train(run: RunConfig, checkpoints: str, sync, model: Any, domain: Domain, c
                              host.sampled_tokens + int(roll_stats["rollout/completion_tokens"]))
             if (host.iteration % run.checkpoint_every == 0 or host.iteration == run.num_iterations
                     or _budget_spent(run, host)):
-                ckpt.save(host.iteration, _savable(state, learner), host.to_json(fp))
+                ckpt.save(host.iteration, _checkpointed(_one_copy(state, learner), learner), host.to_json(fp))
                 saved = host.iteration
             t4 = time.perf_counter()
             trained_tokens = int(batch["completion_mask"].sum())
@@ -280,13 +286,18 @@ def _train(run: RunConfig, checkpoints: str, sync, model: Any, domain: Domain, c
             sync()
             progress(it, metrics)
     if stopping and saved != host.iteration:
-        ckpt.save(host.iteration, _savable(state, learner), host.to_json(fp))
+        ckpt.save(host.iteration, _checkpointed(_one_copy(state, learner), learner), host.to_json(fp))
     writer.close()
     ckpt.close()  # waits for the last checkpoint to be durable
     if stopping or stop.signal:
         why = f"{stop.signal} received" if stop.signal else "another process received a stop signal"
         raise Interrupted(stop.signal or "SIGTERM", f"{why}: stopped after iteration {host.iteration} with a "
                           f"checkpoint in {ckpt.directory}; rerun the same command to resume.")
+    if run.export_dir:
+        params = parallel.host_params(state, learner)  # every process takes part in the gather
+        if processes.primary:
+            for path in export(run.export_dir, lm, params, learner.lora, fp.get("base_model", lm.config.name)):
+                log.info("exported %s", path)
     if evaluate_at_end is not None and processes.primary:
         metrics.update(_evaluate(evaluate_at_end, policy, domain, run, curriculum, host.iteration))
     return metrics
@@ -342,11 +353,22 @@ def _sampling_params(state, learner: learner_lib.LearnerConfig, dtype, mesh):
     return parallel.host_params(state, learner)
 
 
-def _savable(state, learner: learner_lib.LearnerConfig):
+def _one_copy(state, learner: learner_lib.LearnerConfig):
     """pmap states carry a leading device axis; checkpoints hold one copy."""
     if learner.parallel == "pmap":
         return jax.tree.map(lambda x: x[0], state)
     return state
+
+
+def _checkpointed(state, learner: learner_lib.LearnerConfig):
+    """What a checkpoint holds: the state, or with LoRA the state without the frozen base (reloaded from
+    the model source, whose identity the fingerprint records)."""
+    return state if learner.lora is None else state._replace(params=lora.split(state.params)[1])
+
+
+def _with_base(restored, state, learner: learner_lib.LearnerConfig):
+    """A restored checkpoint made whole again with the base of `state`."""
+    return restored if learner.lora is None else restored._replace(params=lora.combine(state.params, restored.params))
 
 
 def _progress(run: RunConfig, start: int):

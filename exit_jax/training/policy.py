@@ -53,8 +53,10 @@ class SamplingConfig:
 class TextPolicy:
     """Samples replies to chat conversations with the current params (set `params` before sampling)."""
 
-    def __init__(self, lm, config: SamplingConfig, stop_strings: Sequence[str] = (), mesh=None):
+    def __init__(self, lm, config: SamplingConfig, stop_strings: Sequence[str] = (), mesh=None, lora=None):
+        """lora: a models.lora.LoraConfig when the params it is given carry unmerged adapters."""
         self.lm = lm
+        self.lora = lora
         self.config = config
         self.params = lm.params
         self.stop_strings = tuple(stop_strings)
@@ -69,7 +71,7 @@ class TextPolicy:
                 self.lm.config, num_samples=num_samples, max_new_tokens=self.config.max_new_tokens,
                 eos_ids=tok.eos_ids, pad_id=tok.pad_id, dtype=self.lm.dtype, mesh=self.mesh,
                 min_bucket=self.config.min_bucket, prefill_chunks=self.config.prefill_chunks,
-                attention=self.config.attention)
+                attention=self.config.attention, lora=self.lora)
         return self._samplers[num_samples]
 
     def _ids(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> list:
