@@ -74,3 +74,38 @@ def test_compile_cli_prints_the_table_and_fails_in_one_sentence(tmp_path):
     assert "does not fit a v5e device" in big.stderr and "HBM" in big.stderr
     bad = run_compile("--topology=v9-8")
     assert bad.returncode != 0 and "Traceback" not in bad.stderr and "slice name" in bad.stderr
+
+
+def test_chunked_head_costs_match_the_whole_vocabulary_probe():
+    """A probe that cannot hold the whole vocabulary's logits runs its head in chunks under a loop, which
+    the cost analysis counts once; the measured per-chunk correction restores the FLOPs."""
+    config = dataclasses.replace(preset("tiny"), num_layers=1, hidden_size=128, intermediate_size=256,
+                                 num_heads=4, num_kv_heads=2, head_dim=32, vocab_size=4096, name="tiny-vocab")
+    mesh = parallel.make_mesh(aot.tpu_devices("v5e:2x2"))
+    cfg = dataclasses.replace(TPU_CFG, scan_layers=False, epochs=1, micro_batch_size=1, vocab_chunk=8)
+    shape = aot.RunShape(prompts=4, group=1, prompt_len=32, new_tokens=64)
+    state, batch = aot.abstract_state(config, cfg, mesh), aot.abstract_batch(shape, mesh)
+    whole = aot._costs(aot._compile(parallel.make_update(config, dataclasses.replace(cfg, vocab_chunk=0), mesh),
+                                    state, batch)[0])
+    looped = aot._costs(aot._compile(parallel.make_update(config, cfg, mesh), state, batch)[0])
+    corrected = aot._chunked_costs(config, cfg, state, batch, mesh, shape.new_tokens)
+    assert looped[0] < 0.8 * whole[0]  # the loop hides most of the head (7 of 8 chunks)
+    # The chunked head really does more: its logits are recomputed in the backward pass.
+    assert whole[0] < corrected[0] < 1.4 * whole[0], (corrected, whole)
+    # Whatever the chunk size, the same total.
+    other = aot._chunked_costs(config, dataclasses.replace(cfg, vocab_chunk=16), state, batch, mesh, shape.new_tokens)
+    assert abs(other[0] / corrected[0] - 1) < 0.02, (other, corrected)
+
+
+def test_lora_state_and_sampler_compile_with_a_bfloat16_base():
+    config = dataclasses.replace(preset("tiny"), num_layers=2, hidden_size=128, intermediate_size=256,
+                                 num_heads=4, num_kv_heads=2, head_dim=32, name="tiny-2-layer")
+    shape = aot.RunShape(prompts=8, group=4, prompt_len=64, new_tokens=32)
+    cfg = dataclasses.replace(TPU_CFG, lora_rank=4)
+    reports = {r.name: r for r in aot.compile_iteration(config, cfg, shape, aot.tpu_devices("v5e:2x2"))}
+    assert not any(r.error for r in reports.values())
+    state = aot.abstract_state(config, cfg, parallel.make_mesh(aot.tpu_devices("v5e:2x2")))
+    full = aot.abstract_state(config, dataclasses.replace(cfg, lora_rank=0), parallel.make_mesh(
+        aot.tpu_devices("v5e:2x2")))
+    # bfloat16 base (2 bytes per param) + small adapters, instead of 12 (float32 params, 2 moments) + 2.
+    assert aot.per_chip_bytes(state) < 0.25 * aot.per_chip_bytes(full)

@@ -17,12 +17,18 @@ from exit_jax.rl.learner import (AXIS, OPTIONAL_KEYS, REQUIRED_KEYS, TENSOR, Bat
                                  TrainState, init_state, update_step)
 
 
+def process_devices() -> np.ndarray:
+    """Every process's devices: row p holds process p's, in jax.devices() order."""
+    return np.array([[d for d in jax.devices() if d.process_index == p] for p in range(jax.process_count())])
+
+
 def make_mesh(devices=None, tensor: int = 1) -> jax.sharding.Mesh:
     """The device mesh of the learner and the sampler over `devices` (default: every device of every
-    process; launch/compile.py passes a TPU slice's abstract devices). tensor == 1: one axis "data" (FSDP
-    and rows). tensor > 1: axes ("data", "tensor"), consecutive devices forming a tensor-parallel group
-    (on a slice, neighbours on the interconnect). Auto axes: classic GSPMD propagation."""
-    devices = np.asarray(jax.devices() if devices is None else devices)
+    process, process by process; launch/compile.py passes a TPU slice's abstract devices). tensor == 1:
+    one axis "data" (FSDP and rows). tensor > 1: axes ("data", "tensor"), consecutive devices forming a
+    tensor-parallel group (on a slice, neighbours on the interconnect). Auto axes: classic GSPMD
+    propagation."""
+    devices = np.asarray(process_devices().reshape(-1) if devices is None else devices)
     if tensor < 1 or devices.size % tensor:
         raise ValueError(f"LearnerConfig.tensor_parallel={tensor} must divide the {devices.size} devices.")
     auto = jax.sharding.AxisType.Auto
@@ -168,6 +174,24 @@ def sampler_params(params, dtype, mesh):
     layout, in the model's dtype, sharded like the learner's (XLA gathers each weight where it is used)."""
     out = jax.tree.map(lambda x: x.astype(dtype), transformer.unstack_layers(params))
     return jax.lax.with_sharding_constraint(out, state_shardings(out, mesh))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _copy_per_process(params, dtype, mesh):
+    out = jax.tree.map(lambda x: x.astype(dtype), transformer.unstack_layers(params))
+    return jax.lax.with_sharding_constraint(out, state_shardings(out, mesh))
+
+
+def process_sampler_params(params, dtype, local_mesh):
+    """Several processes: the FSDP learner's params as this process's sampler reads them on its own
+    devices (`local_mesh`, over process_devices()[this process]): the whole model, split over those
+    devices as the learner splits it, gathered device to device (no host copy). The devices viewed as
+    [processes, devices per process] give the layout (copies over processes, FSDP within each); each
+    process then reads its own shards as an array on its own mesh."""
+    grid = jax.sharding.Mesh(process_devices(), ("processes", AXIS))
+    out = _copy_per_process(params, dtype, grid)
+    return jax.tree.map(lambda x: jax.make_array_from_single_device_arrays(
+        x.shape, NamedSharding(local_mesh, x.sharding.spec), [s.data for s in x.addressable_shards]), out)
 
 
 def host_params(state: TrainState, cfg: LearnerConfig):

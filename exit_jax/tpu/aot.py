@@ -179,17 +179,33 @@ def update_costs(config, cfg, shape: RunShape, mesh) -> tuple[float, float]:
         probe = dataclasses.replace(config, num_layers=depth)
         state, batch = abstract_state(probe, probe_cfg, mesh), abstract_batch(probe_shape, mesh)
         # The whole vocabulary at once (chunks would be a loop, costed once); if even one or two layers
-        # cannot hold those logits, the chunked probe undercounts the head a little.
+        # cannot hold those logits, the chunked probe plus the chunks its loop leaves uncounted.
         try:
             compiled, _ = _compile(parallel.make_update(probe, dataclasses.replace(probe_cfg, vocab_chunk=0),
                                                         mesh), state, batch)
+            costs.append(_costs(compiled))
         except OutOfMemory:
-            compiled, _ = _compile(parallel.make_update(probe, probe_cfg, mesh), state, batch)
-        r = _report("probe", compiled, 0.0)
-        costs.append((r.flops, r.bytes_accessed))
+            costs.append(_chunked_costs(probe, probe_cfg, state, batch, mesh, shape.new_tokens))
     (f1, b1), (f2, b2) = costs
     layers = config.num_layers - 1
     return steps * (f1 + layers * (f2 - f1)), steps * (b1 + layers * (b2 - b1))
+
+
+def _costs(compiled) -> tuple[float, float]:
+    r = _report("probe", compiled, 0.0)
+    return r.flops, r.bytes_accessed
+
+
+def _chunked_costs(probe, cfg, state, batch, mesh, width: int) -> tuple[float, float]:
+    """FLOPs and bytes of an update whose vocabulary head runs in chunks of c columns under a loop, which
+    the cost analysis counts once. One chunk's cost is measured as twice the difference between the
+    probes with chunks of c and of c/2 columns, and added for every chunk not counted. (The weight
+    re-read per chunk is the part of the bytes this leaves out.)"""
+    whole = _costs(_compile(parallel.make_update(probe, cfg, mesh), state, batch)[0])
+    half = dataclasses.replace(cfg, vocab_chunk=max(cfg.vocab_chunk // 2, 1))
+    halves = _costs(_compile(parallel.make_update(probe, half, mesh), state, batch)[0])
+    uncounted = -(-width // cfg.vocab_chunk) - 1
+    return tuple(w + 2 * (w - h) * uncounted for w, h in zip(whole, halves))
 
 
 def compile_sampler(config, cfg, shape: RunShape, mesh, resident: int) -> list[Report]:

@@ -167,8 +167,8 @@ def _train(run: RunConfig, checkpoints: str, sync, model: Any, domain: Domain, c
     # FSDP: the checkpoint is read straight into the learner's shards, the state is built in its shards
     # and restored into them; with one process the sampler splits the prompts over the same mesh, reading
     # the sharded params in place. Otherwise the state is built here and placed below. Several processes
-    # (multi-host): each samples its share of the groups on its own devices (split over them) from a host
-    # copy of the params (see training.processes).
+    # (multi-host): each samples its share of the groups on its own devices, from a copy of the params
+    # gathered onto them device to device (parallel.process_sampler_params; see training.processes).
     sharded = mesh is not None
     lm = load_model(model, domain, run.workdir, model_dtype,
                     functools.partial(parallel.state_shardings, mesh=mesh) if sharded else None)
@@ -195,7 +195,7 @@ def _train(run: RunConfig, checkpoints: str, sync, model: Any, domain: Domain, c
     update = parallel.make_update(lm.config, learner, mesh)
     sample_mesh = mesh if sharded else None
     if processes.count > 1:
-        sample_mesh = parallel.make_mesh(jax.local_devices())  # this process's devices only
+        sample_mesh = parallel.make_mesh(parallel.process_devices()[processes.index])  # its own devices
     policy = TextPolicy(lm, sampling, stop_strings=domain.stop_strings, mesh=sample_mesh, lora=learner.lora)
     policy.check_fits(opening_prompts(domain))
     sampling_params = functools.partial(_sampling_params, learner=learner, dtype=lm.dtype, mesh=sample_mesh)
@@ -342,10 +342,12 @@ def _budget_spent(run: RunConfig, host: HostState) -> bool:
 
 def _sampling_params(state, learner: learner_lib.LearnerConfig, dtype, mesh):
     """The params the sampler uses, in the per-layer layout: the learner's own (single device), its
-    sharded ones cast to the model's dtype (fsdp: they never leave the devices), a host copy (pmap), or,
-    with several processes, a host copy split over this process's devices (mesh)."""
+    sharded ones cast to the model's dtype (fsdp: they never leave the devices; with several processes
+    each gets a whole copy on its own devices, mesh), or a host copy (pmap)."""
     if learner.parallel == "single":
         return transformer.unstack_layers(state.params)
+    if learner.parallel == "fsdp" and jax.process_count() > 1:
+        return parallel.process_sampler_params(state.params, jnp.dtype(dtype), mesh)
     if jax.process_count() > 1:
         return parallel.sampler_params(parallel.host_params(state, learner), jnp.dtype(dtype), mesh)
     if learner.parallel == "fsdp" and mesh is not None:
