@@ -119,6 +119,11 @@ PRESETS = {
         num_kv_heads=8, head_dim=128, intermediate_size=8192, rope_theta=500000.0,
         rope_scaling=RopeScaling(32.0, 1.0, 4.0, 8192), rms_norm_eps=1e-5, tie_embeddings=True,
         max_position_embeddings=131072, name="llama-3.2-3b-instruct"),
+    "llama-3.1-8b-instruct": ModelConfig(
+        family="llama", vocab_size=128256, hidden_size=4096, num_layers=32, num_heads=32,
+        num_kv_heads=8, head_dim=128, intermediate_size=14336, rope_theta=500000.0,
+        rope_scaling=RopeScaling(8.0, 1.0, 4.0, 8192), rms_norm_eps=1e-5, tie_embeddings=False,
+        max_position_embeddings=131072, name="llama-3.1-8b-instruct"),
     "qwen2.5-7b-instruct": ModelConfig(
         family="qwen2", vocab_size=152064, hidden_size=3584, num_layers=28, num_heads=28,
         num_kv_heads=4, head_dim=128, intermediate_size=18944, rope_theta=1000000.0,

@@ -330,9 +330,9 @@ def _gradients(params, ref_params, batch, model_config, cfg, axis_name, num_shar
             entropy=entropy, max_length=cfg.max_completion_length, num_sequences=n_seq,
             num_tokens=n_tok)
 
-    def body(carry, mb_key):
+    def body(carry, xs):
         grads, sums = carry
-        mb, mb_key = mb_key
+        mb, mb_key = xs
         if mesh is not None:  # keep each micro-batch spread over the devices
             mb = jax.lax.with_sharding_constraint(mb, NamedSharding(mesh, P(AXIS)))
         (_, m), g = jax.value_and_grad(loss_fn, has_aux=True)(trained, mb, mb_key)

@@ -261,7 +261,7 @@ def _train(run: RunConfig, checkpoints: str, sync, model: Any, domain: Domain, c
                              host.sampled_tokens + int(roll_stats["rollout/completion_tokens"]))
             if (host.iteration % run.checkpoint_every == 0 or host.iteration == run.num_iterations
                     or _budget_spent(run, host)):
-                ckpt.save(host.iteration, _checkpointed(_one_copy(state, learner), learner), host.to_json(fp))
+                _save(ckpt, state, host, fp, learner)
                 saved = host.iteration
             t4 = time.perf_counter()
             trained_tokens = int(batch["completion_mask"].sum())
@@ -286,7 +286,7 @@ def _train(run: RunConfig, checkpoints: str, sync, model: Any, domain: Domain, c
             sync()
             progress(it, metrics)
     if stopping and saved != host.iteration:
-        ckpt.save(host.iteration, _checkpointed(_one_copy(state, learner), learner), host.to_json(fp))
+        _save(ckpt, state, host, fp, learner)
     writer.close()
     ckpt.close()  # waits for the last checkpoint to be durable
     if stopping or stop.signal:
@@ -355,11 +355,10 @@ def _sampling_params(state, learner: learner_lib.LearnerConfig, dtype, mesh):
     return parallel.host_params(state, learner)
 
 
-def _one_copy(state, learner: learner_lib.LearnerConfig):
-    """pmap states carry a leading device axis; checkpoints hold one copy."""
-    if learner.parallel == "pmap":
-        return jax.tree.map(lambda x: x[0], state)
-    return state
+def _save(ckpt: Checkpointer, state, host: HostState, fp: dict, learner: learner_lib.LearnerConfig) -> None:
+    if learner.parallel == "pmap":  # pmap states carry a leading device axis; checkpoints hold one copy
+        state = jax.tree.map(lambda x: x[0], state)
+    ckpt.save(host.iteration, _checkpointed(state, learner), host.to_json(fp))
 
 
 def _checkpointed(state, learner: learner_lib.LearnerConfig):
