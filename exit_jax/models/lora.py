@@ -64,10 +64,6 @@ def wrap(model, cfg: LoraConfig, train: bool = False):
     return qwix.apply_lora_to_model(model, provider)
 
 
-def _is_adapter(path) -> bool:
-    return getattr(path[-1], "key", None) in (A, B)
-
-
 def init(base, cfg: LoraConfig):
     """Fresh adapters for a base params tree in the per-layer layout (arrays or ShapeDtypeStructs): a tree
     holding only the kernels' {A, B}. Traceable, so it can be built in its shards under jit."""
@@ -120,22 +116,18 @@ def split(params) -> tuple[Any, Any]:
     return base, (adapters or None)
 
 
-def merge(params, cfg: LoraConfig, dtype=None):
-    """Plain weights W + (alpha / rank) * A @ B (computed in float32, then cast to `dtype`, default the
-    kernel's): what transformers runs after PEFT's merge_and_unload. In bfloat16 the merged weight rounds
+def merge(params, cfg: LoraConfig):
+    """Plain weights W + (alpha / rank) * A @ B, computed in float32 and cast to the kernel's dtype: what
+    transformers runs after PEFT's merge_and_unload. In bfloat16 the merged weight rounds
     away an adapter update smaller than 2^-8 of the weight, which the unmerged branch keeps."""
     def visit(node):
         if A in node:
             kernel = node["kernel"]
             delta = jnp.einsum("...ir,...ro->...io", node[A].astype(jnp.float32), node[B].astype(jnp.float32))
-            merged = (kernel.astype(jnp.float32) + cfg.scale * delta).astype(dtype or kernel.dtype)
+            merged = (kernel.astype(jnp.float32) + cfg.scale * delta).astype(kernel.dtype)
             return {k: v for k, v in node.items() if k not in (A, B)} | {"kernel": merged}
         return {k: visit(v) if isinstance(v, dict) else v for k, v in node.items()}
     return visit(params)
-
-
-def has_adapters(params) -> bool:
-    return any(_is_adapter(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0])
 
 
 def save_peft(adapters, cfg: LoraConfig, base_model: str, out_dir: str) -> None:
