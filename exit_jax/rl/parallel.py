@@ -176,12 +176,6 @@ def sampler_params(params, dtype, mesh):
     return jax.lax.with_sharding_constraint(out, state_shardings(out, mesh))
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2))
-def _copy_per_process(params, dtype, mesh):
-    out = jax.tree.map(lambda x: x.astype(dtype), transformer.unstack_layers(params))
-    return jax.lax.with_sharding_constraint(out, state_shardings(out, mesh))
-
-
 def process_sampler_params(params, dtype, local_mesh):
     """Several processes: the FSDP learner's params as this process's sampler reads them on its own
     devices (`local_mesh`, over process_devices()[this process]): the whole model, split over those
@@ -189,7 +183,7 @@ def process_sampler_params(params, dtype, local_mesh):
     [processes, devices per process] give the layout (copies over processes, FSDP within each); each
     process then reads its own shards as an array on its own mesh."""
     grid = jax.sharding.Mesh(process_devices(), ("processes", AXIS))
-    out = _copy_per_process(params, dtype, grid)
+    out = sampler_params(params, dtype, grid)
     return jax.tree.map(lambda x: jax.make_array_from_single_device_arrays(
         x.shape, NamedSharding(local_mesh, x.sharding.spec), [s.data for s in x.addressable_shards]), out)
 

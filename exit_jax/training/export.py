@@ -14,11 +14,10 @@ def export(out_dir: str, lm, params, lora_config: Optional[lora.LoraConfig], bas
     """Writes out_dir/hf (config, safetensors, tokenizer: transformers and vLLM load it) and, with LoRA,
     out_dir/adapter (`peft.PeftModel.from_pretrained(<base_model>, out_dir/adapter)`). params: host arrays
     in the per-layer layout. Returns the directories written."""
-    written = []
+    written = [os.path.join(out_dir, "hf")]
     if lora_config is not None:
         written.append(os.path.join(out_dir, "adapter"))
-        lora.save_peft(lora.split(params)[1], lora_config, base_model, written[-1])
+        lora.save_peft(lora.split(params)[1], lora_config, base_model, written[1])
         params = lora.merge(params, lora_config)
-    written.insert(0, os.path.join(out_dir, "hf"))
     models.save_hf(dataclasses.replace(lm, params=params), written[0])
     return written
