@@ -73,10 +73,13 @@ def main(argv):
         workdir = storage.local_copy(workdir)
     gin_cli.write_operative_config(workdir)
     # force: importing jax / orbax already gave the root logger a handler (absl's), which made a plain
-    # basicConfig a no-op and left train.log empty.
+    # basicConfig a no-op and left train.log empty. The console shows INFO and up; train.log also gets
+    # the DEBUG records of errors reported otherwise (a failed checkpoint write's tracebacks).
+    console = logging.StreamHandler()
+    console.setLevel(logging.INFO)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        handlers=[logging.FileHandler(os.path.join(workdir, log_name)),
-                                  logging.StreamHandler()], force=True)
+                        handlers=[logging.FileHandler(os.path.join(workdir, log_name)), console], force=True)
+    logging.raiseExceptions = False  # a log line that cannot be written (a full disk) is dropped, not a traceback
     for noisy in ("absl", "jax._src.xla_bridge", "orbax", "fsspec", "gcsfs"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:

@@ -26,9 +26,11 @@ aside, between barriers, while the others wait.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
+import sys
 import threading
 import zlib
 from typing import Any, Optional
@@ -83,6 +85,35 @@ def _non_finite(state) -> Optional[str]:
     return next((p for p, ok in zip(paths, _finite_leaves(tree)) if not bool(ok)), None)
 
 
+class _OrbaxErrorsAsDebug(logging.Filter):
+    """Demotes orbax's own error records (absl ERROR from its writer threads, asyncio's "Task exception
+    was never retrieved" for its write tasks) to DEBUG: every one of them is a failed write that the
+    Checkpointer reports itself, once, as CheckpointWriteError. A log file still gets their tracebacks."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and (f"{os.sep}orbax{os.sep}" in record.pathname
+                                                or "orbax" in str(record.msg)):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+@functools.cache
+def _quiet_failed_writes() -> None:
+    """A failed write (a full disk) is reported once, in one sentence (CheckpointWriteError). Without
+    this it also prints pages of tracebacks: orbax's logs of it from each writer thread, and tensorstore
+    writes still in flight printing "Event loop is closed" when they finish after orbax has closed their
+    event loop (dropped; other unraisable errors are printed as before)."""
+    for name in ("absl", "asyncio"):
+        logging.getLogger(name).addFilter(_OrbaxErrorsAsDebug())
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if not (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+
+
 class Checkpointer:
     def __init__(self, directory: str, max_to_keep: Optional[int] = 3):
         if max_to_keep is not None and max_to_keep < 2:
@@ -101,6 +132,9 @@ class Checkpointer:
         self._unsealed: Optional[int] = None  # the step orbax may still be writing
         self._sealer: Optional[threading.Thread] = None
         self._seal_error: Optional[BaseException] = None
+        self._closed = False
+        self._failed = False  # a write failed (and was reported): closing orbax may raise it again
+        _quiet_failed_writes()
 
     def latest_step(self) -> Optional[int]:
         return self._manager.latest_step()
@@ -145,6 +179,7 @@ class Checkpointer:
             self._sealer = None
         error, self._seal_error = self._seal_error, None
         if error is not None:
+            self._failed = True
             raise self._write_failed(self._unsealed, error)
         self._unsealed = None
 
@@ -169,6 +204,7 @@ class Checkpointer:
             self._manager.save(step, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state), host=ocp.args.JsonSave(host)))
         except OSError as e:  # the synchronous part (directories, small files) on a full disk
+            self._failed = True
             raise self._write_failed(step, e) from None
         self._sealer = threading.Thread(target=self._seal_in_background, args=(step,), daemon=True,
                                         name=f"seal checkpoint {step}")
@@ -243,8 +279,34 @@ class Checkpointer:
                     step, problem, dest)
 
     def close(self) -> None:
-        self._seal()
-        self._manager.close()
+        """Seals the last save and stops orbax's writer threads, also after a failed write: no thread of
+        it outlives the run (left behind, they fail later, in whatever code runs then)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._seal()
+        finally:
+            try:
+                self._manager.close()
+            except Exception as e:  # noqa: BLE001 - after a failed write orbax raises it again
+                if not self._failed:
+                    raise
+                log.debug("closing orbax after the failed write already reported: %s", e)
+
+    def __enter__(self) -> "Checkpointer":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        """Closes; when an error elsewhere (or Ctrl-C) ends the run the write in flight is still sealed,
+        and a failure doing so is logged rather than raised over that error."""
+        if exc is None:
+            self.close()
+            return
+        try:
+            self.close()
+        except Exception as e:  # noqa: BLE001
+            log.warning("%s", e)
 
 
 def fingerprint(**fields) -> dict:

@@ -138,30 +138,33 @@ def train(run: RunConfig, model: Any, domain: Domain, curriculum: CurriculumConf
     is uploaded after every iteration (exit_jax.storage).
     """
     run = dataclasses.replace(run, workdir=resolve_workdir(run.workdir, domain.name, curriculum.method))
-    args = (model, domain, curriculum, learner, sampling, evaluate_at_end, model_dtype)
-    checkpoints = storage.join(run.workdir, "checkpoints")
-    if not storage.is_remote(run.workdir):
-        return _train(run, checkpoints, lambda: None, *args)
-    mirror = storage.Mirror(run.workdir)
-    mirror.pull()
-    try:
-        return _train(dataclasses.replace(run, workdir=mirror.local), checkpoints, mirror.push, *args)
-    finally:
-        mirror.push()
-
-
-def _train(run: RunConfig, checkpoints: str, sync, model: Any, domain: Domain, curriculum: CurriculumConfig,
-           learner: learner_lib.LearnerConfig, sampling: SamplingConfig, evaluate_at_end: Optional[Any],
-           model_dtype: str) -> dict:
-    """train() in a local run directory; checkpoints may be elsewhere; sync() after each iteration."""
-    os.makedirs(run.workdir, exist_ok=True)
-    learner = dataclasses.replace(learner, group_size=run.group_size)  # for the zero-variance metric
     if sampling.temperature == 0:
         raise ValueError("SamplingConfig.temperature=0 samples greedily: the G rollouts of a group are the same, "
                          "so GRPO has no learning signal; train with a temperature > 0 (paper: 1.0).")
     if learner.temperature != sampling.temperature:
         raise ValueError(f"LearnerConfig.temperature={learner.temperature} must equal the sampling "
                          f"temperature {sampling.temperature}: old and new log-probs must match.")
+    args = (model, domain, curriculum, learner, sampling, evaluate_at_end, model_dtype)
+    checkpoints = storage.join(run.workdir, "checkpoints")
+    # The checkpointer is closed on every exit, so no orbax writer thread outlives a run that failed.
+    if not storage.is_remote(run.workdir):
+        with Checkpointer(checkpoints, run.keep_checkpoints) as ckpt:
+            return _train(run, ckpt, lambda: None, *args)
+    mirror = storage.Mirror(run.workdir)
+    mirror.pull()
+    try:
+        with Checkpointer(checkpoints, run.keep_checkpoints) as ckpt:
+            return _train(dataclasses.replace(run, workdir=mirror.local), ckpt, mirror.push, *args)
+    finally:
+        mirror.push()
+
+
+def _train(run: RunConfig, ckpt: Checkpointer, sync, model: Any, domain: Domain, curriculum: CurriculumConfig,
+           learner: learner_lib.LearnerConfig, sampling: SamplingConfig, evaluate_at_end: Optional[Any],
+           model_dtype: str) -> dict:
+    """train() in a local run directory; checkpoints may be elsewhere; sync() after each iteration."""
+    os.makedirs(run.workdir, exist_ok=True)
+    learner = dataclasses.replace(learner, group_size=run.group_size)  # for the zero-variance metric
     mesh = parallel.make_mesh(tensor=learner.tensor_parallel) if learner.parallel == "fsdp" else None
     processes = Processes.current()
     # FSDP: the checkpoint is read straight into the learner's shards, the state is built in its shards
@@ -182,7 +185,6 @@ def _train(run: RunConfig, checkpoints: str, sync, model: Any, domain: Domain, c
         lm = dataclasses.replace(lm, params=None)  # the state holds them now: no second copy on the devices
     else:
         state = learner_lib.init_state(lm.params, learner)
-    ckpt = Checkpointer(checkpoints, run.keep_checkpoints)
     host = HostState(0, buffer.init(curriculum.capacity), np.random.default_rng(run.seed), frozenset())
     # The newest checkpoint that verifies (see checkpointing).
     restored = ckpt.restore_latest(_checkpointed(state, learner), fp)
@@ -247,7 +249,6 @@ def _train(run: RunConfig, checkpoints: str, sync, model: Any, domain: Domain, c
             skipped_in_a_row = skipped_in_a_row + 1 if learn["learner/skipped"] >= learner.epochs else 0
             if run.max_skipped_iterations and skipped_in_a_row >= run.max_skipped_iterations:
                 writer.close()
-                ckpt.close()
                 raise NonFiniteUpdates(
                     f"iterations {it - skipped_in_a_row + 2}-{it + 1} skipped every optimizer step (non-finite "
                     f"loss or gradient): lower the learning rate (now {learner.learning_rate:g}) or check the "
