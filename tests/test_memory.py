@@ -9,23 +9,25 @@ import numpy as np
 import pytest
 
 from exit_jax.models import flash, transformer
-from exit_jax.models.config import preset
+from exit_jax.models.config import FULL_WINDOW, preset
 from exit_jax.rl import learner, memory, parallel
 from exit_jax.rl.learner import LearnerConfig
 
 SMOL = preset("smollm2-135m-instruct")
 
 
-def dense_reference(q, k, v, valid):
+def dense_reference(q, k, v, valid, window=FULL_WINDOW, cap=None):
     """The dense path's formula on blockwise_attention's layout."""
-    s = jnp.einsum("bkgqd,bksd->bkgqs", q, k)
+    s = transformer.softcap(jnp.einsum("bkgqd,bksd->bkgqs", q, k), cap)
     t = q.shape[3]
-    keep = jnp.tril(jnp.ones((t, t), bool))[None] & valid[:, None, :]
+    back = np.arange(t)[:, None] - np.arange(t)[None, :]
+    keep = jnp.asarray((back >= 0) & (back < window))[None] & valid[:, None, :]
     p = jax.nn.softmax(jnp.where(keep[:, None, None], s, jnp.finfo(jnp.float32).min), axis=-1)
     return jnp.einsum("bkgqs,bksd->bkgqd", p, v)
 
 
-def test_blockwise_attention_equals_dense_values_and_gradients(monkeypatch):
+@pytest.mark.parametrize("window,cap", [(FULL_WINDOW, None), (6, None), (FULL_WINDOW, 1.5), (6, 1.5)])
+def test_blockwise_attention_equals_dense_values_and_gradients(monkeypatch, window, cap):
     monkeypatch.setattr(flash, "BLOCK", 8)  # 21 tokens: three blocks, the last one padded
     rng = np.random.default_rng(0)
     b, hkv, g, t, d = 2, 2, 3, 21, 4
@@ -37,10 +39,10 @@ def test_blockwise_attention_equals_dense_values_and_gradients(monkeypatch):
     cot = jnp.asarray(rng.standard_normal((b, hkv, g, t, d)), jnp.float32) * valid[:, None, None, :, None]
 
     def loss(fn, q, k, v):
-        return jnp.sum(fn(q, k, v, valid) * cot)
+        return jnp.sum(fn(q, k, v, valid, window, cap) * cot)
 
-    want = dense_reference(q, k, v, valid)
-    got = flash.blockwise_attention(q, k, v, valid)
+    want = dense_reference(q, k, v, valid, window, cap)
+    got = flash.blockwise_attention(q, k, v, valid, window, cap)
     np.testing.assert_allclose(got * valid[:, None, None, :, None], want * valid[:, None, None, :, None],
                                atol=1e-5)
     g_want = jax.grad(lambda *a: loss(dense_reference, *a), argnums=(0, 1, 2))(q, k, v)

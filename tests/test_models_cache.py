@@ -36,7 +36,8 @@ def test_left_padded_rows_equal_unpadded_rows(name):
         np.testing.assert_allclose(padded[i, -len(row):], alone, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["llama_gqa_tied", "gemma_head_dim", "qwen3_qknorm", "llama_attention_bias"])
+@pytest.mark.parametrize("name", ["llama_gqa_tied", "gemma_head_dim", "qwen3_qknorm", "llama_attention_bias",
+                                  "gemma3_local_rope", "gemma2_softcap"])
 def test_kv_cache_prefill_and_decode_equal_no_cache_forward(name):
     lm = models.load(os.path.join(PARITY, name))
     rng = np.random.default_rng(2)
@@ -75,3 +76,27 @@ def test_greedy_generate_uses_cache_consistently():
     # Teacher-forced no-cache pass over prompt + output: each output token is the argmax there.
     logits = np.asarray(lm.logits(np.asarray([prompt + out], np.int32)))[0]  # [T, V]
     assert out == np.argmax(logits[len(prompt) - 1:-1], axis=-1).tolist()
+
+
+@pytest.mark.parametrize("name", ["gemma2_softcap", "gemma3_local_rope", "mistral_sliding"])
+def test_windowed_layers_scanned_and_blockwise_equal_the_unrolled_dense_forward(name, monkeypatch):
+    """Per-layer windows, RoPE bases and soft-capping reach each block as scanned inputs (stacked layers)
+    and through blockwise attention (blocks of 8 over 24 tokens: windows cross block edges), values and
+    gradients."""
+    from exit_jax.models import flash
+    monkeypatch.setattr(flash, "BLOCK", 8)
+    lm = models.load(os.path.join(PARITY, name))
+    tokens = jnp.asarray(np.load(os.path.join(PARITY, name, "tokens.npy")))
+    mask = jnp.asarray(np.arange(tokens.shape[1])[None] >= np.array([[0], [5]]))  # row 1 left-padded
+
+    def loss(params, attention):
+        logits = transformer.forward(params, lm.config, tokens, mask, attention=attention)
+        return jnp.sum(jnp.where(mask[..., None], jax.nn.log_softmax(logits), 0.0)[..., :7]), logits
+
+    (_, want), g_want = jax.value_and_grad(loss, has_aux=True)(lm.params, "dense")
+    stacked = transformer.stack_layers(lm.params)
+    for attention in ("dense", "blockwise"):
+        (_, got), g_got = jax.value_and_grad(loss, has_aux=True)(stacked, attention)
+        np.testing.assert_allclose(np.asarray(got)[np.asarray(mask)], np.asarray(want)[np.asarray(mask)], atol=2e-5)
+        for a, b in zip(jax.tree.leaves(transformer.unstack_layers(g_got)), jax.tree.leaves(g_want)):
+            np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4)

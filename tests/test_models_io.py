@@ -46,7 +46,8 @@ def dataclass_fields(config):
 
 @pytest.mark.parametrize("name", ["llama_gqa_tied", "llama_mha_untied_rope3", "qwen2_bias",
                                   "gemma_head_dim", "qwen3_qknorm", "llama_attention_bias", "llama_linear_rope",
-                                  "qwen2_yarn"])
+                                  "qwen2_yarn", "mistral_sliding", "qwen2_sliding", "gemma2_softcap",
+                                  "gemma3_local_rope"])
 def test_save_hf_round_trip_is_exact(name, tmp_path):
     lm = models.load(fixture(name))
     out = str(tmp_path / "export")
@@ -170,7 +171,7 @@ def test_missing_files(tmp_path):
     ({"use_bidirectional_attention": True}, "use_bidirectional_attention=true changes the model's math"),
     ({"layer_types": ["sliding_attention", "full_attention"]}, "layer_types="),
     ({"final_logit_softcapping": 30.0}, "final_logit_softcapping=30.0"),
-    ({"model_type": "mistral"}, "model_type 'mistral' is an unknown family"),
+    ({"model_type": "phi3"}, "model_type 'phi3' is an unknown family"),
     ({"num_hidden_layers": "two"}, "num_hidden_layers"),
 ])
 def test_unsupported_config_fields(tmp_path, changes, message):
@@ -193,8 +194,8 @@ def test_tensor_shape_mismatch(tmp_path):
 
 
 def test_bad_names_and_offline_hub(monkeypatch):
-    with pytest.raises(ValueError, match="Preset 'gemma-2b' has no embedded weights"):
-        models.load("gemma-2b")
+    with pytest.raises(ValueError, match="Preset 'gemma-2b-it' has no embedded weights"):
+        models.load("gemma-2b-it")
     with pytest.raises(ValueError, match="dtype 'int8' is not supported"):
         models.load("smollm2-135m-instruct", dtype="int8")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # conftest sets it too; never touch the network
@@ -203,3 +204,23 @@ def test_bad_names_and_offline_hub(monkeypatch):
     lm = models.load(fixture("llama_gqa_tied"))
     with pytest.raises(ValueError, match=r"int32 \[batch, time\]"):
         lm.logits(np.zeros((3,), np.int32))
+
+
+@pytest.mark.parametrize("prefix", ["language_model.model.", "model.language_model."])  # transformers 4.x, 5.x
+def test_a_multimodal_gemma3_checkpoint_loads_as_its_text_model(tmp_path, prefix):
+    """google/gemma-3-4b-it and up are multimodal (model_type gemma3): the text config sits in
+    text_config, the decoder's tensors under a language-model prefix, beside a vision tower we ignore."""
+    from safetensors.numpy import load_file, save_file
+    path = copy_fixture("gemma3_local_rope", tmp_path)
+    text = json.loads(open(os.path.join(path, "config.json")).read())
+    (tmp_path / "gemma3_local_rope" / "config.json").write_text(json.dumps(
+        {"model_type": "gemma3", "architectures": ["Gemma3ForConditionalGeneration"], "text_config": text,
+         "vision_config": {"model_type": "siglip_vision_model", "hidden_size": 8}}))
+    tensors = load_file(os.path.join(path, "model.safetensors"))
+    renamed = {prefix + k[len("model."):]: v for k, v in tensors.items()}
+    renamed[prefix.replace("language_model", "vision_tower") + "patch_embedding.weight"] = np.ones((8, 3), np.float32)
+    renamed["multi_modal_projector.mm_input_projection_weight"] = np.ones((8, 64), np.float32)
+    save_file(renamed, os.path.join(path, "model.safetensors"))
+    ours, original = models.load(path), models.load(fixture("gemma3_local_rope"))
+    assert ours.config.family == "gemma3_text"
+    assert_same_lm(ours, original)

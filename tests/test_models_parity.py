@@ -11,6 +11,8 @@ from exit_jax import models
 PARITY = os.path.join(os.path.dirname(__file__), "fixtures", "parity")
 TINY = ["llama_gqa_tied", "llama_mha_untied_rope3", "qwen2_bias", "gemma_head_dim", "qwen3_qknorm",
         "llama_attention_bias", "llama_linear_rope", "qwen2_yarn"]
+WINDOWED = ["mistral_sliding", "qwen2_sliding", "gemma2_softcap", "gemma3_local_rope"]  # 24-token rows, window 8
+TINY += WINDOWED
 
 
 @pytest.mark.parametrize("name", TINY)
@@ -26,7 +28,8 @@ def test_tiny_logits_match_transformers(name):
     assert delta <= 1e-4, delta
 
 
-@pytest.mark.parametrize("name", ["qwen3_qknorm", "llama_attention_bias", "llama_linear_rope", "qwen2_yarn"])
+@pytest.mark.parametrize("name", ["qwen3_qknorm", "llama_attention_bias", "llama_linear_rope", "qwen2_yarn"]
+                         + WINDOWED)
 def test_tiny_greedy_decoding_through_the_kv_cache_matches_transformers(name):
     path = os.path.join(PARITY, name)
     lm = models.load(path)
@@ -50,6 +53,15 @@ def test_tiny_configs_cover_the_family_switches():
     assert (yarn.rope_type, yarn.factor, yarn.original_max_position_embeddings) == ("yarn", 4.0, 64)
     gemma = cfgs["gemma_head_dim"]
     assert gemma.family == "gemma" and gemma.head_dim * gemma.num_heads != gemma.hidden_size
+    assert cfgs["mistral_sliding"].layer_types == ("sliding_attention",) * 2
+    assert cfgs["qwen2_sliding"].layer_types == ("full_attention", "sliding_attention")
+    gemma2 = cfgs["gemma2_softcap"]
+    assert gemma2.sandwich_norms and (gemma2.attn_logit_softcapping, gemma2.final_logit_softcapping) == (2.0, 5.0)
+    assert gemma2.layer_types == ("sliding_attention", "full_attention") and gemma2.query_pre_attn_scalar == 24
+    gemma3 = cfgs["gemma3_local_rope"]
+    assert gemma3.qk_norm and gemma3.sandwich_norms and gemma3.attn_logit_softcapping is None
+    assert (gemma3.rope_theta, gemma3.rope_local_theta) == (1e6, 1e4) and gemma3.rope_scaling.rope_type == "linear"
+    assert all(cfgs[n].sliding_window == 8 for n in WINDOWED)
 
 
 @pytest.mark.parametrize("name", ["llama_gqa_tied", "llama_mha_untied_rope3", "qwen2_bias", "qwen3_qknorm"])

@@ -299,3 +299,29 @@ def test_bad_input_is_one_clear_error(params):
         sampling.generate(lm, [[1]], top_p=0.0)
     with pytest.raises(ValueError, match="non-empty"):
         sampling.generate(lm, [])
+
+
+def test_sliding_windows_and_soft_caps_sample_what_the_learner_scores():
+    """Gemma-style layers (a 6-token window on the first, soft-capped scores and logits, q/k and sandwich
+    norms, a local RoPE base) with prompts up to 33 tokens: the sampler's log-probs, through its shared
+    prompt cache, chunked prefill and both decode forms, equal the no-cache forward's."""
+    config = dataclasses.replace(CONFIG, family="gemma3_text", sliding_window=6,
+                                 layer_types=("sliding_attention", "full_attention"), query_pre_attn_scalar=16,
+                                 rope_theta=1e6, rope_local_theta=1e4, attn_logit_softcapping=5.0,
+                                 final_logit_softcapping=10.0)
+    params = jax.tree.map(lambda x: x * 3.0 if x.ndim == 2 else x, transformer.init_params(config, seed=1))
+    forward = jax.jit(lambda tokens, mask: transformer.forward(params, config, tokens, input_mask=mask))
+    for chunks, reduce in ((1, True), (2, False)):
+        s = sampling.Sampler(config, num_samples=2, max_new_tokens=12, eos_ids=(EOS,), pad_id=PAD,
+                             prefill_chunks=chunks)
+        s.spec = dataclasses.replace(s.spec, decode_reduce=reduce)
+        out = s(params, PROMPTS, temperature=1.0, seed=3)
+        for p, prompt in enumerate(PROMPTS):
+            for g in range(2):
+                seq = list(prompt) + out.completion(p, g)
+                tokens = np.zeros((1, 64), np.int32)
+                tokens[0, :len(seq)] = seq
+                logp = jax.nn.log_softmax(forward(tokens, np.arange(64)[None] < len(seq)))[0]
+                rows = np.arange(len(prompt) - 1, len(seq) - 1)
+                np.testing.assert_allclose(out.logprobs[p, g, :out.lengths[p, g]],
+                                           np.asarray(logp)[rows, out.completion(p, g)], atol=1e-4)

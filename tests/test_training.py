@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 
+from exit_jax import models
 from exit_jax.curriculum import buffer
 from exit_jax.curriculum.config import preset
 from exit_jax.rl import learner as learner_lib, parallel
@@ -42,6 +43,40 @@ def _run(workdir, domain, method, iterations, sampling=SMOKE_SAMPLING, **overrid
 
 def _stable(records):
     return [{k: v for k, v in r.items() if not k.startswith(VOLATILE)} for r in records]
+
+
+FAMILIES = {  # the tiny smoke model with each family's switches; 16-token windows, far shorter than the rows
+    "mistral": dict(family="mistral", sliding_window=16, layer_types=("sliding_attention",) * 2),
+    "gemma2": dict(family="gemma2", sliding_window=16, layer_types=("sliding_attention", "full_attention"),
+                   attn_logit_softcapping=50.0, final_logit_softcapping=30.0, query_pre_attn_scalar=16),
+    "gemma3_text": dict(family="gemma3_text", sliding_window=16, layer_types=("sliding_attention", "full_attention"),
+                        query_pre_attn_scalar=16, rope_theta=1e6, rope_local_theta=1e4,
+                        rope_scaling=models.RopeScaling(factor=8.0, rope_type="linear")),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_each_family_trains_a_smoke_run_and_resumes_exactly(tmp_path, math_domain, family):
+    """Two iterations of GRPO with a tiny random model of each family (sliding windows binding, soft-caps,
+    sandwich and q/k norms, local RoPE), then two more after a resume: the same records as four in a row."""
+    from exit_jax.models.smoke import smoke_lm
+    corpus = [m["content"] for t in math_domain.train_tasks for m in math_domain.make_env(t).reset()]
+    config = dataclasses.replace(models.preset("tiny"), **FAMILIES[family])
+    lm = smoke_lm(corpus, str(tmp_path / "tokenizer"), config=config)
+
+    def train(workdir, iterations):
+        run = loop.RunConfig(workdir=str(workdir), num_iterations=iterations, prompts_per_iteration=2,
+                             group_size=4, checkpoint_every=2, progress=False)
+        return loop.train(run, lm, math_domain, preset("math", "grpo"), SMOKE_LEARNER, SMOKE_SAMPLING)
+
+    train(tmp_path / "straight", 4)
+    train(tmp_path / "resumed", 2)
+    train(tmp_path / "resumed", 4)
+    records = read_metrics(str(tmp_path / "straight"))
+    assert len(records) == 4 and all(np.isfinite(r["learner/loss"]) for r in records)
+    assert records[0]["rollout/mean_prompt_tokens"] > 16  # the windows bind
+    assert _stable(read_metrics(str(tmp_path / "resumed"))) == _stable(records)
 
 
 @pytest.mark.slow
@@ -340,3 +375,18 @@ def test_sampling_in_parts_draws_what_one_call_draws(tmp_path, math_domain):
     assert len({c.token_ids for row in whole for c in row}) > 1
     with pytest.raises(ValueError, match="prompts_per_call"):
         SamplingConfig(prompts_per_call=-1)
+
+
+@pytest.mark.parametrize("name", sorted(f for f in os.listdir(os.path.join(REPO, "gin", "models")) if f != "smoke.gin"))
+def test_every_model_gin_file_parses_after_a_domain_file(name):
+    """The launchers' parse of `--gin_file=math.gin --gin_file=models/NAME`; its MODEL has a config
+    (a preset for hub ids) that launch/compile.py can compile without weights."""
+    import gin
+    sys.path.insert(0, os.path.join(REPO, "launch"))
+    try:
+        import gin_cli
+        gin_cli.parse(gin_cli.parse_args(["--gin_file=math.gin", f"--gin_file=models/{name}"], ""))
+        assert models.load_config(gin.query_parameter("%MODEL")).num_params() > 0
+    finally:
+        gin.clear_config()
+        sys.path.remove(os.path.join(REPO, "launch"))

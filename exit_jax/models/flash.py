@@ -22,6 +22,7 @@ never merged with another. At 3k-token MLE rows that is 30 layers x 340 MB of sc
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import jax
@@ -29,6 +30,8 @@ import jax.numpy as jnp
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
 from jax.sharding import PartitionSpec as P
+
+from exit_jax.models.config import FULL_WINDOW
 
 LANES = 128  # the kernel's sequence blocks are multiples of the TPU's 128 lanes
 TENSOR_AXIS = "tensor"
@@ -81,12 +84,19 @@ BLOCK = 512  # query rows per step of blockwise_attention; shorter sequences tak
 _MASKED = jnp.finfo(jnp.float32).min  # the dense path's masked score: same softmax, rows never NaN
 
 
-def _block_scores(qb, k, valid, first):
-    """float32 scores [B, Hkv, G, Q, T] of the query block starting at row `first`, masked causal & valid."""
+def _block_scores(qb, k, valid, first, window, cap):
+    """float32 scores [B, Hkv, G, Q, T] of the query block starting at row `first`, soft-capped (cap:
+    cap * tanh(s / cap), else None) and masked causal & valid & within `window` tokens; and the tanh of
+    the capped scores (None without a cap), which the backward needs."""
     s = jnp.einsum("bkgqd,bksd->bkgqs", qb, k, preferred_element_type=jnp.float32)
+    t = None
+    if cap:
+        t = jnp.tanh(s / cap)
+        s = cap * t
     rows = first + jnp.arange(qb.shape[3])
-    keep = (jnp.arange(k.shape[2])[None, :] <= rows[:, None])[None] & valid[:, None, :]  # [B, Q, T]
-    return jnp.where(keep[:, None, None], s, _MASKED)
+    back = rows[:, None] - jnp.arange(k.shape[2])[None, :]  # how many tokens before the query each key is
+    keep = ((back >= 0) & (back < window))[None] & valid[:, None, :]  # [B, Q, T]
+    return jnp.where(keep[:, None, None], s, _MASKED), t
 
 
 def _blocks(x, n):  # [B, Hkv, G, T, D] -> [n, B, Hkv, G, T / n, D] (the scan's leading axis)
@@ -98,12 +108,12 @@ def _unblocks(x):  # the inverse of _blocks
     return x.reshape(x.shape[:3] + (-1,) + x.shape[5:])
 
 
-def _blockwise_fwd(q, k, v, valid):
+def _blockwise_fwd(q, k, v, valid, window, cap):
     n = q.shape[3] // BLOCK
 
     def step(_, xs):
         qb, first = xs
-        s = _block_scores(qb, k, valid, first)
+        s, _ = _block_scores(qb, k, valid, first, window, cap)
         m = jnp.max(s, axis=-1, keepdims=True)
         p = jnp.exp(s - m)
         total = jnp.sum(p, axis=-1, keepdims=True)
@@ -112,11 +122,11 @@ def _blockwise_fwd(q, k, v, valid):
 
     _, (out, lse) = jax.lax.scan(step, None, (_blocks(q, n), jnp.arange(n) * BLOCK))
     out = _unblocks(out)
-    return out, (q, k, v, valid, out, _unblocks(lse[..., None])[..., 0])
+    return out, (q, k, v, valid, window, out, _unblocks(lse[..., None])[..., 0])
 
 
-def _blockwise_bwd(res, dout):
-    q, k, v, valid, out, lse = res
+def _blockwise_bwd(cap, res, dout):
+    q, k, v, valid, window, out, lse = res
     n = q.shape[3] // BLOCK
     # softmax backward: ds = p * (dp - sum(dout * out)) per query row
     delta = jnp.sum(dout.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)
@@ -124,10 +134,13 @@ def _blockwise_bwd(res, dout):
     def step(carry, xs):
         dk, dv = carry
         qb, dob, lseb, deltab, first = xs
-        p = jnp.exp(_block_scores(qb, k, valid, first) - lseb[..., None])
+        s, t = _block_scores(qb, k, valid, first, window, cap)
+        p = jnp.exp(s - lseb[..., None])
         dv = dv + jnp.einsum("bkgqs,bkgqd->bksd", p, dob.astype(jnp.float32))
         dp = jnp.einsum("bkgqd,bksd->bkgqs", dob, v, preferred_element_type=jnp.float32)
         ds = p * (dp - deltab[..., None])
+        if cap:  # d(cap * tanh(s / cap)) / ds = 1 - tanh^2
+            ds = ds * (1 - t * t)
         dq = jnp.einsum("bkgqs,bksd->bkgqd", ds.astype(q.dtype), k)
         dk = dk + jnp.einsum("bkgqs,bkgqd->bksd", ds, qb.astype(jnp.float32))
         return (dk, dv), dq
@@ -136,24 +149,29 @@ def _blockwise_bwd(res, dout):
     xs = (_blocks(q, n), _blocks(dout, n), _blocks(lse[..., None], n)[..., 0],
           _blocks(delta[..., None], n)[..., 0], jnp.arange(n) * BLOCK)
     (dk, dv), dq = jax.lax.scan(step, (zeros, zeros), xs)
-    return _unblocks(dq), dk.astype(k.dtype), dv.astype(v.dtype), None
+    return _unblocks(dq), dk.astype(k.dtype), dv.astype(v.dtype), None, None
 
 
-_blockwise = jax.custom_vjp(lambda q, k, v, valid: _blockwise_fwd(q, k, v, valid)[0])
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _blockwise(q, k, v, valid, window, cap):
+    return _blockwise_fwd(q, k, v, valid, window, cap)[0]
+
+
 _blockwise.defvjp(_blockwise_fwd, _blockwise_bwd)
 
 
-def blockwise_attention(q, k, v, valid):
+def blockwise_attention(q, k, v, valid, window=FULL_WINDOW, softcap=None):
     """The dense path's causal attention without its [T, T] scores: q [B, Hkv, G, T, D] (scaled), k / v
     [B, Hkv, T, D], valid bool [B, T] (real tokens, as keys) -> [B, Hkv, G, T, D] in v's dtype. Memory:
-    one block's [B, H, BLOCK, T] scores at a time, forward and backward (module doc)."""
+    one block's [B, H, BLOCK, T] scores at a time, forward and backward (module doc). A query attends to
+    the `window` most recent tokens (its own included); softcap: scores -> softcap * tanh(scores / softcap)."""
     length = q.shape[3]
     pad = -length % BLOCK  # padded rows come last: causality and their invalid keys hide them
     if pad:
         q = jnp.pad(q, ((0, 0),) * 3 + ((0, pad), (0, 0)))
         k, v = (jnp.pad(x, ((0, 0), (0, 0), (0, pad), (0, 0))) for x in (k, v))
         valid = jnp.pad(valid, ((0, 0), (0, pad)))
-    return _blockwise(q, k, v, valid)[:, :, :, :length]
+    return _blockwise(q, k, v, valid, jnp.asarray(window, jnp.int32), softcap)[:, :, :, :length]
 
 
 CHOICES = ("auto", "dense", "splash", "blockwise")  # the gin knobs' values (LearnerConfig / SamplingConfig.attention)

@@ -14,14 +14,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from exit_jax.models.config import FAMILIES, ROPE_TYPES, ModelConfig, RopeScaling
+from exit_jax.models.config import FAMILIES, GEMMAS, ROPE_TYPES, ModelConfig, RopeScaling
 
-_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
-                  "gemma": "GemmaForCausalLM"}
-_ACTIVATIONS = {"llama": ("silu",), "qwen2": ("silu",), "qwen3": ("silu",),
-                "gemma": ("gelu", "gelu_pytorch_tanh")}  # transformers maps Gemma's legacy "gelu" to tanh
-_TIE_DEFAULT = {"llama": False, "qwen2": False, "qwen3": False, "gemma": True}
+_ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                  "qwen3": "Qwen3ForCausalLM", "gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM",
+                  "gemma3_text": "Gemma3ForCausalLM"}
+# transformers maps Gemma's legacy "gelu" to tanh
+_ACTIVATIONS = {f: ("gelu", "gelu_pytorch_tanh") if f in GEMMAS else ("silu",) for f in FAMILIES}
+_TIE_DEFAULT = {f: f in GEMMAS for f in FAMILIES}
 _ATTENTION_BIAS = ("llama", "qwen3")  # families whose config.json may set attention_bias
+_SOFTCAPPED = ("gemma2", "gemma3_text")  # families whose transformers models apply the soft-capping fields
 
 # HF name (after "model.layers.{i}.") -> path inside our "layers_{i}" subtree, and whether to transpose.
 _LAYER_MAP = {
@@ -41,6 +43,17 @@ _LAYER_MAP = {
     "mlp.up_proj.weight": (("mlp", "up", "kernel"), True),
     "mlp.down_proj.weight": (("mlp", "down", "kernel"), True),
 }
+# Gemma 2/3 normalise each sub-layer's input and output: HF's post_attention_layernorm is the attention's
+# output norm there, and pre_feedforward_layernorm the MLP's input norm.
+_SANDWICH_MAP = _LAYER_MAP | {
+    "post_attention_layernorm.weight": (("post_attn_norm", "scale"), False),
+    "pre_feedforward_layernorm.weight": (("mlp_norm", "scale"), False),
+    "post_feedforward_layernorm.weight": (("post_mlp_norm", "scale"), False),
+}
+
+
+def _layer_map(config: ModelConfig) -> dict:
+    return _SANDWICH_MAP if config.sandwich_norms else _LAYER_MAP
 _GLOBAL_MAP = {"model.embed_tokens.weight": (("embed", "embedding"), False),
                "model.norm.weight": (("final_norm", "scale"), False),
                "lm_head.weight": (("lm_head", "kernel"), True)}
@@ -51,18 +64,57 @@ _GLOBAL_MAP = {"model.embed_tokens.weight": (("embed", "embedding"), False),
 # the test for their neutral value: set to anything else, the config is refused, never silently ignored.
 _NEUTRAL = {
     "use_bidirectional_attention": lambda v: not v,
-    "attn_logit_softcapping": lambda v: v is None,
-    "final_logit_softcapping": lambda v: v is None,
     "partial_rotary_factor": lambda v: v in (None, 1, 1.0),
     "attention_chunk_size": lambda v: v is None,
-    "layer_types": lambda v: v is None or all(t == "full_attention" for t in v),
 }
+# ... and those that only some families compute (transformers' other models ignore them).
+_NEUTRAL_UNLESS = {
+    "attn_logit_softcapping": (_SOFTCAPPED, lambda v: v is None),
+    "final_logit_softcapping": (_SOFTCAPPED, lambda v: v is None),
+    "layer_types": (("mistral", "qwen2", "qwen3") + _SOFTCAPPED,
+                    lambda v: v is None or all(t == "full_attention" for t in v)),
+}
+
+
+def _layer_types(cfg: dict, family: str, n: int) -> Optional[tuple]:
+    """Each layer's attention ("full_attention" / "sliding_attention"): config.json's `layer_types`
+    (transformers >= 4.53) or, for older files, the rule each family's model applied."""
+    if cfg.get("layer_types") is not None:
+        return tuple(cfg["layer_types"])
+    window = cfg.get("sliding_window")
+    if family == "mistral":
+        sliding = [bool(window)] * n
+    elif family in ("qwen2", "qwen3"):
+        sliding = [bool(cfg.get("use_sliding_window")) and i >= cfg.get("max_window_layers", n) for i in range(n)]
+    elif family == "gemma2":
+        sliding = [i % 2 == 0 for i in range(n)]
+    elif family == "gemma3_text":
+        pattern = cfg.get("sliding_window_pattern") or cfg.get("_sliding_window_pattern") or 6
+        sliding = [(i + 1) % pattern != 0 for i in range(n)]
+    else:
+        return None
+    return tuple("sliding_attention" if s else "full_attention" for s in sliding) if any(sliding) else None
+
+
 def _rope(cfg: dict, where: str) -> tuple:
-    """(rope_theta, RopeScaling | None) from either the 4.x (`rope_scaling`) or 5.x (`rope_parameters`)
-    config layout."""
+    """(rope_theta, RopeScaling | None, local theta | None) from either the 4.x (`rope_scaling`) or 5.x
+    (`rope_parameters`) config layout; Gemma 3's sliding layers have their own base, unscaled (4.x:
+    `rope_local_base_freq`; 5.x: `rope_parameters` per layer type)."""
     params = cfg.get("rope_parameters") or {}
+    local = cfg.get("rope_local_base_freq")
+    if "full_attention" in params:
+        sliding = params.get("sliding_attention") or {}
+        if sliding.get("rope_type", "default") != "default":
+            raise ValueError(f"{where}: rope scaling on the sliding layers is not supported.")
+        local = sliding.get("rope_theta", local)
+        params = params["full_attention"]
     scaling = cfg.get("rope_scaling") or params
     theta = float(cfg.get("rope_theta") or params.get("rope_theta") or 10000.0)
+    local = float(local) if local else None
+    return (*_rope_scaling(cfg, scaling, theta, where), local)
+
+
+def _rope_scaling(cfg: dict, scaling: dict, theta: float, where: str) -> tuple:
     kind = scaling.get("rope_type", scaling.get("type", "default")) if scaling else "default"
     if kind == "default":
         return theta, None
@@ -90,7 +142,11 @@ def _rope(cfg: dict, where: str) -> tuple:
 
 
 def config_from_hf(cfg: dict, where: str = "config.json") -> ModelConfig:
-    """Translate an HF config.json dict; one clear error for each field value we do not compute."""
+    """Translate an HF config.json dict; one clear error for each field value we do not compute. A
+    multimodal Gemma 3 checkpoint (model_type gemma3) loads as its text model; its vision tower is
+    ignored (see _target)."""
+    if cfg.get("model_type") == "gemma3" and isinstance(cfg.get("text_config"), dict):
+        cfg = {"_name_or_path": cfg.get("_name_or_path", ""), **cfg["text_config"], "model_type": "gemma3_text"}
     family = cfg.get("model_type")
     if family not in FAMILIES:
         raise ValueError(f"{where}: model_type {family!r} is an unknown family; supported: {FAMILIES}.")
@@ -98,22 +154,25 @@ def config_from_hf(cfg: dict, where: str = "config.json") -> ModelConfig:
     if act not in _ACTIVATIONS[family]:
         raise ValueError(f"{where}: hidden_act {act!r} is not supported for {family} "
                          f"(expected one of {_ACTIVATIONS[family]}).")
-    for field, neutral in _NEUTRAL.items():
-        if not neutral(cfg.get(field)):
+    neutral = dict(_NEUTRAL, **{k: test for k, (families, test) in _NEUTRAL_UNLESS.items() if family not in families})
+    for field, test in neutral.items():
+        if not test(cfg.get(field)):
             raise ValueError(f"{where}: {field}={json.dumps(cfg[field])[:80]} changes the model's math in a way "
-                             "exit_jax does not implement; this checkpoint cannot be loaded.")
+                             f"exit_jax does not implement for {family}; this checkpoint cannot be loaded.")
     if cfg.get("mlp_bias"):
         raise ValueError(f"{where}: mlp_bias=true is not supported.")
     if cfg.get("attention_bias") and family not in _ATTENTION_BIAS:
         raise ValueError(f"{where}: attention_bias=true is not supported for {family}.")
-    if family in ("qwen2", "qwen3") and cfg.get("use_sliding_window"):
-        raise ValueError(f"{where}: use_sliding_window=true is not supported (full attention only).")
     for field in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                   "intermediate_size"):
         if not isinstance(cfg.get(field), int):
             raise ValueError(f"{where}: field {field!r} must be an integer, got {cfg.get(field)!r}.")
-    theta, scaling = _rope(cfg, where)
+    theta, scaling, local_theta = _rope(cfg, where)
+    if local_theta is not None and family != "gemma3_text":
+        raise ValueError(f"{where}: a separate RoPE base for sliding layers is only supported for gemma3_text.")
+    layer_types = _layer_types(cfg, family, cfg["num_hidden_layers"])
     heads = cfg["num_attention_heads"]
+    gemma = family in _SOFTCAPPED
     return ModelConfig(
         family=family, vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"],
         num_layers=cfg["num_hidden_layers"], num_heads=heads,
@@ -124,6 +183,11 @@ def config_from_hf(cfg: dict, where: str = "config.json") -> ModelConfig:
         tie_embeddings=bool(cfg.get("tie_word_embeddings", _TIE_DEFAULT[family])),
         max_position_embeddings=int(cfg.get("max_position_embeddings", 8192)),
         attention_bias=bool(cfg.get("attention_bias")) and family in _ATTENTION_BIAS,
+        sliding_window=cfg.get("sliding_window") if layer_types else None, layer_types=layer_types,
+        attn_logit_softcapping=cfg.get("attn_logit_softcapping") if gemma else None,
+        final_logit_softcapping=cfg.get("final_logit_softcapping") if gemma else None,
+        query_pre_attn_scalar=cfg.get("query_pre_attn_scalar") if gemma else None,
+        rope_local_theta=local_theta if family == "gemma3_text" else None,
         name=str(cfg.get("_name_or_path", "")))
 
 
@@ -138,17 +202,28 @@ def config_to_hf(config: ModelConfig, bos_id: Optional[int], eos_ids: tuple,
         "head_dim": c.head_dim, "rms_norm_eps": c.rms_norm_eps, "rope_theta": c.rope_theta,
         "max_position_embeddings": c.max_position_embeddings,
         "tie_word_embeddings": c.tie_embeddings, "attention_dropout": 0.0,
-        "hidden_act": "gelu_pytorch_tanh" if c.family == "gemma" else "silu",
+        "hidden_act": "gelu_pytorch_tanh" if c.family in GEMMAS else "silu",
         "bos_token_id": bos_id, "dtype": dtype, "eos_token_id": list(eos_ids) if len(eos_ids) > 1 else
         (eos_ids[0] if eos_ids else None), "pad_token_id": pad_id, "torch_dtype": dtype,
         "use_cache": True,
     }
-    if c.family == "gemma":
+    if c.family in GEMMAS:
         out["hidden_activation"] = "gelu_pytorch_tanh"
     if c.family in _ATTENTION_BIAS:
         out.update(attention_bias=c.attention_bias, mlp_bias=False)
     if c.family in ("qwen2", "qwen3"):
-        out.update(use_sliding_window=False, sliding_window=None, max_window_layers=c.num_layers)
+        sliding = [i for i in range(c.num_layers) if c.layer_types and c.layer_types[i] == "sliding_attention"]
+        out.update(use_sliding_window=bool(sliding), sliding_window=c.sliding_window,
+                   max_window_layers=sliding[0] if sliding else c.num_layers)
+    if c.family in ("mistral",) + _SOFTCAPPED:
+        out["sliding_window"] = c.sliding_window
+    if c.layer_types:
+        out["layer_types"] = list(c.layer_types)
+    if c.family in _SOFTCAPPED:
+        out.update(attn_logit_softcapping=c.attn_logit_softcapping, final_logit_softcapping=c.final_logit_softcapping,
+                   query_pre_attn_scalar=c.query_pre_attn_scalar)
+    if c.rope_local_theta:
+        out["rope_local_base_freq"] = c.rope_local_theta
     rs = c.rope_scaling
     if rs is not None and rs.rope_type == "linear":
         out["rope_scaling"] = {"rope_type": "linear", "factor": rs.factor}
@@ -168,16 +243,24 @@ def config_to_hf(config: ModelConfig, bos_id: Optional[int], eos_ids: tuple,
 
 
 # ---- weights --------------------------------------------------------------------------------------
+_MULTIMODAL_TEXT = ("language_model.model.", "model.language_model.")  # Gemma 3's text model (4.x, 5.x names)
+_MULTIMODAL_OTHER = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector.")
+
+
 def _target(name: str, config: ModelConfig) -> Optional[tuple]:
     """(path in our tree, transpose?) for an HF tensor name, or None for tensors we ignore."""
+    if name.startswith(_MULTIMODAL_OTHER):
+        return None
+    name = next(("model." + name[len(p):] for p in _MULTIMODAL_TEXT if name.startswith(p)), name)
+    name = "lm_head.weight" if name == "language_model.lm_head.weight" else name
     if name in _GLOBAL_MAP:
         if name == "lm_head.weight" and config.tie_embeddings:
             return None  # some tied checkpoints also store the (identical) head
         return _GLOBAL_MAP[name]
     if name.startswith("model.layers."):
         _, _, layer, rest = name.split(".", 3)
-        if rest in _LAYER_MAP and int(layer) < config.num_layers:
-            path, transpose = _LAYER_MAP[rest]
+        if rest in _layer_map(config) and int(layer) < config.num_layers:
+            path, transpose = _layer_map(config)[rest]
             return (f"layers_{layer}",) + path, transpose
     if name.endswith("rotary_emb.inv_freq"):
         return None
@@ -250,7 +333,7 @@ def params_to_hf(params: dict, config: ModelConfig) -> Iterator[tuple]:
     """Yield (hf_name, numpy array in HF layout) for every parameter."""
     inverse = {path: (name, t) for name, (path, t) in _GLOBAL_MAP.items()}
     for i in range(config.num_layers):
-        for rest, (path, t) in _LAYER_MAP.items():
+        for rest, (path, t) in _layer_map(config).items():
             inverse[(f"layers_{i}",) + path] = (f"model.layers.{i}.{rest}", t)
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
         key = tuple(k.key for k in path)

@@ -1,4 +1,5 @@
-"""One flax.linen decoder for the llama, qwen2, qwen3 and gemma families, with a functional KV cache.
+"""One flax.linen decoder for the llama, mistral, qwen2, qwen3 and gemma (1, 2, 3) families, with a
+functional KV cache.
 
 Parameter tree (flax `Dense` kernels are [in, out]; Hugging Face stores [out, in]):
 
@@ -9,6 +10,7 @@ Parameter tree (flax `Dense` kernels are [in, out]; Hugging Face stores [out, in
     layers_{i}/attn/o/kernel           [H*hd, D]                 (+ /bias, and q/k/v biases, with
                                                                   attention_bias)
     layers_{i}/mlp_norm/scale          [D]
+    layers_{i}/post_{attn,mlp}_norm/scale [D]                    (gemma2, gemma3_text: sandwich norms)
     layers_{i}/mlp/{gate,up}/kernel    [D, F]
     layers_{i}/mlp/down/kernel         [F, D]
     final_norm/scale                   [D]
@@ -20,9 +22,17 @@ decode are all the same call (the style of google-deepmind/gemma's sampler). A l
 hold a read-only shared prefix {"prefix_k", "prefix_v": [P, Hkv, Sp, hd]} that rows b = p * (B / P) + r
 all attend to before their own S slots (the mask is then [B, T, Sp + S]): the sampler's G samples of a
 prompt share its prompt's keys and values instead of G copies.
+
+Layers may differ (Gemma 2/3, Mistral, Qwen with sliding windows): a sliding layer attends to its window
+of the most recent tokens, and Gemma 3's sliding layers rotate with their own RoPE base. Those per-layer
+values are arrays each block takes as input (`layer_constants`), so scanned layers share one block.
+The window is a mask over the key positions, which the cache does not store: they are counted from the
+last query row of the mask (each real token before it, once), so the cache keeps every slot and a
+sliding layer reads only its window of them.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Optional
 
@@ -32,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from exit_jax.models import flash
-from exit_jax.models.config import ModelConfig
+from exit_jax.models.config import FULL_WINDOW, ModelConfig
 
 Cache = dict
 # What a rematerialised block keeps from its forward pass for the backward (Transformer.remat_policy):
@@ -112,6 +122,25 @@ def rope_attention_factor(config: ModelConfig) -> float:
     return mscale(rs.factor)
 
 
+def layer_constants(config: ModelConfig) -> dict:
+    """Per-layer arrays with a leading [num_layers]: RoPE inverse frequencies and cos/sin scale (Gemma 3's
+    sliding layers use rope_local_theta, unscaled) and the attention window (FULL_WINDOW: no window)."""
+    freqs, scales = [], []
+    for i in range(config.num_layers):
+        c = config
+        if config.rope_local_theta and config.window(i) != FULL_WINDOW:
+            c = dataclasses.replace(config, rope_theta=config.rope_local_theta, rope_scaling=None)
+        freqs.append(rope_inv_freq(c))
+        scales.append(rope_attention_factor(c))
+    return {"inv_freq": np.stack(freqs), "rope_scale": np.asarray(scales, np.float32),
+            "window": np.asarray([config.window(i) for i in range(config.num_layers)], np.int32)}
+
+
+def softcap(x, cap: Optional[float]):
+    """Gemma 2's soft-capping, cap * tanh(x / cap); x itself when cap is None."""
+    return cap * jnp.tanh(x / cap) if cap else x
+
+
 def apply_rope(x, positions, inv_freq, scale: float = 1.0):
     """HF "rotate_half" RoPE. x: [B, T, H, hd]; positions: [B, T]; cos and sin times `scale` (YaRN)."""
     angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, hd/2]
@@ -130,7 +159,7 @@ class Attention(nn.Module):
     mesh: Any = None
 
     @nn.compact
-    def __call__(self, x, positions, mask, cache: Optional[Cache], cache_index):
+    def __call__(self, x, positions, mask, cache: Optional[Cache], cache_index, layer: dict, key_positions):
         c = self.config
         dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
         out_proj = dense(c.hidden_size, use_bias=c.o_bias, name="o")
@@ -142,13 +171,15 @@ class Attention(nn.Module):
         k = k.reshape(b, t, c.num_kv_heads, c.head_dim)
         v = v.reshape(b, t, c.num_kv_heads, c.head_dim)
         if c.qk_norm:
-            q = RMSNorm(c.rms_norm_eps, 0.0, self.dtype, self.param_dtype, name="q_norm")(q)
-            k = RMSNorm(c.rms_norm_eps, 0.0, self.dtype, self.param_dtype, name="k_norm")(k)
-        inv_freq = jnp.asarray(rope_inv_freq(c))
-        scale = rope_attention_factor(c)
+            q = RMSNorm(c.rms_norm_eps, c.norm_offset, self.dtype, self.param_dtype, name="q_norm")(q)
+            k = RMSNorm(c.rms_norm_eps, c.norm_offset, self.dtype, self.param_dtype, name="k_norm")(k)
+        inv_freq, scale = layer["inv_freq"], layer["rope_scale"]
         q, k = apply_rope(q, positions, inv_freq, scale), apply_rope(k, positions, inv_freq, scale)
         groups = c.num_heads // c.num_kv_heads
-        q = q.reshape(b, t, c.num_kv_heads, groups, c.head_dim) * (c.head_dim ** -0.5)
+        q = q.reshape(b, t, c.num_kv_heads, groups, c.head_dim) * ((c.query_pre_attn_scalar or c.head_dim) ** -0.5)
+        valid = mask[:, -1]  # whole-sequence self-attention: the last row's keys are the real tokens
+        if key_positions is not None:  # sliding windows bind somewhere in this call (see the module doc)
+            mask = mask & ((positions[:, :, None] - key_positions[:, None, :]) < layer["window"])
         k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, Hkv, T, D]
         if cache is None:  # no-cache forward (training): the keys are this call's tokens
             k_all, v_all, new_cache = k, v, None
@@ -160,15 +191,17 @@ class Attention(nn.Module):
             v_all = jax.lax.dynamic_update_slice(cache["v"], v.astype(dtype), start)
             new_cache = dict(cache, k=k_all, v=v_all)
         if self.attention == "blockwise" and t > flash.BLOCK and k_all.shape[2] == t:
-            out = flash.blockwise_attention(q.transpose(0, 2, 3, 1, 4), k_all.astype(q.dtype),
-                                            v_all.astype(q.dtype), mask[:, -1])  # its layout: [B, Hkv, G, T, D]
+            out = flash.blockwise_attention(q.transpose(0, 2, 3, 1, 4), k_all.astype(q.dtype),  # [B, Hkv, G, T, D]
+                                            v_all.astype(q.dtype), valid,
+                                            FULL_WINDOW if key_positions is None else layer["window"],
+                                            c.attn_logit_softcapping)
             out = out.astype(self.dtype).transpose(0, 3, 1, 2, 4).reshape(b, t, c.num_heads * c.head_dim)
             return out_proj(out), new_cache
         if self.attention in ("splash", "splash_interpret") and t > 1 and k_all.shape[2] == t:
             # Self-attention of the whole sequence (training, prefill): the kernel, no [T, T] scores.
             # The mask is causal & valid-key, so its last row is the validity of every token.
             qh = q.reshape(b, t, c.num_heads, c.head_dim).transpose(0, 2, 1, 3)
-            out = flash.causal_attention(qh, k_all.astype(q.dtype), v_all.astype(q.dtype), mask[:, -1],
+            out = flash.causal_attention(qh, k_all.astype(q.dtype), v_all.astype(q.dtype), valid,
                                          self.mesh, interpret=self.attention == "splash_interpret")
             out = out.astype(self.dtype).transpose(0, 2, 1, 3).reshape(b, t, c.num_heads * c.head_dim)
             return out_proj(out), new_cache
@@ -180,6 +213,7 @@ class Attention(nn.Module):
         else:
             own = jnp.einsum("btkgd,bksd->bkgts", q, k_all.astype(q.dtype),
                              preferred_element_type=jnp.float32)  # [B, Hkv, G, T, S]
+        own = softcap(own, c.attn_logit_softcapping)
         if cache is None or "prefix_k" not in cache:
             probs = _masked_softmax(own, mask)
             out = _weighted_values(probs, v_all, self.dtype, self.decode_reduce)
@@ -189,9 +223,9 @@ class Attention(nn.Module):
             pk, pv = cache["prefix_k"], cache["prefix_v"]  # [P, Hkv, Sp, D]
             num_p, width = pk.shape[0], pk.shape[2]
             qp = q.reshape((num_p, b // num_p) + q.shape[1:])  # [P, R, T, Hkv, G, D]
-            shared = jnp.einsum("prtkgd,pksd->prkgts", qp, pk.astype(q.dtype),
-                                preferred_element_type=jnp.float32).reshape(
-                                    (b,) + own.shape[1:4] + (width,))  # [B, Hkv, G, T, Sp]
+            shared = softcap(jnp.einsum("prtkgd,pksd->prkgts", qp, pk.astype(q.dtype),
+                                        preferred_element_type=jnp.float32), c.attn_logit_softcapping).reshape(
+                                            (b,) + own.shape[1:4] + (width,))  # [B, Hkv, G, T, Sp]
             probs = _masked_softmax(jnp.concatenate([shared, own], -1), mask)
             pp = probs[..., :width].astype(self.dtype).reshape((num_p, b // num_p) + probs.shape[1:4] + (width,))
             out = (jnp.einsum("prkgts,pksd->prtkgd", pp, pv.astype(self.dtype)).reshape(q.shape)
@@ -238,15 +272,19 @@ class Block(nn.Module):
     mesh: Any = None
 
     @nn.compact
-    def __call__(self, x, positions, mask, cache, cache_index):
+    def __call__(self, x, positions, mask, cache, cache_index, layer, key_positions):
         c = self.config
         norm = functools.partial(RMSNorm, c.rms_norm_eps, c.norm_offset, self.dtype, self.param_dtype)
         h, cache = Attention(c, self.dtype, self.param_dtype, self.decode_reduce, self.attention, self.mesh,
                              name="attn")(
-            norm(name="attn_norm")(x), positions, mask, cache, cache_index)
+            norm(name="attn_norm")(x), positions, mask, cache, cache_index, layer, key_positions)
+        if c.sandwich_norms:
+            h = norm(name="post_attn_norm")(h)
         x = x + h
-        x = x + MLP(c, self.dtype, self.param_dtype, name="mlp")(norm(name="mlp_norm")(x))
-        return x, cache
+        h = MLP(c, self.dtype, self.param_dtype, name="mlp")(norm(name="mlp_norm")(x))
+        if c.sandwich_norms:
+            h = norm(name="post_mlp_norm")(h)
+        return x + h, cache
 
 
 class Transformer(nn.Module):
@@ -286,18 +324,29 @@ class Transformer(nn.Module):
             block_cls = nn.remat(Block, prevent_cse=not self.scan_layers,
                                  policy=REMAT_POLICIES[self.remat_policy])
         new_cache = {} if cache is not None else None
+        constants = layer_constants(c)
+        key_positions = None
+        if mask.shape[-1] > c.min_window():  # some window is narrower than the keys: positions to mask by
+            # No cache: the keys are the queries. Otherwise count the real tokens of the last query row.
+            key_positions = positions if cache is None else jnp.cumsum(mask[:, -1], axis=-1) - 1
+        splash = self.attention in ("splash", "splash_interpret") and tokens.shape[1] > 1
+        if splash and (key_positions is not None or c.attn_logit_softcapping):
+            raise ValueError(f"{c.name or c.family}: sliding windows narrower than the sequence and attention "
+                             "soft-capping run with attention='dense' or 'blockwise' (LearnerConfig / "
+                             "SamplingConfig.attention); the splash kernel takes neither yet.")
         if self.scan_layers:
             if cache is not None:
                 raise ValueError("Transformer(scan_layers=True) runs the no-cache forward only.")
             layers = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                             in_axes=(nn.broadcast,) * 4, length=c.num_layers)
+                             in_axes=(nn.broadcast,) * 4 + (0, nn.broadcast), length=c.num_layers)
             x, _ = layers(c, self.dtype, self.param_dtype, self.decode_reduce, self.attention, self.mesh,
-                          name="layers")(x, positions, mask, None, 0)
+                          name="layers")(x, positions, mask, None, 0, constants, key_positions)
         for i in range(0 if self.scan_layers else c.num_layers):
             name = f"layers_{i}"
             x, layer_cache = block_cls(c, self.dtype, self.param_dtype, self.decode_reduce, self.attention,
                                        self.mesh, name=name)(
-                x, positions, mask, None if cache is None else cache[name], cache_index)
+                x, positions, mask, None if cache is None else cache[name], cache_index,
+                {k: v[i] for k, v in constants.items()}, key_positions)
             if cache is not None:
                 new_cache[name] = layer_cache
         hidden = RMSNorm(c.rms_norm_eps, c.norm_offset, self.dtype, self.param_dtype,
@@ -309,7 +358,7 @@ class Transformer(nn.Module):
         else:
             logits = nn.Dense(c.vocab_size, use_bias=False, dtype=self.dtype,
                               param_dtype=self.param_dtype, name="lm_head")(hidden)
-        return logits.astype(jnp.float32), new_cache, hidden
+        return softcap(logits.astype(jnp.float32), c.final_logit_softcapping), new_cache, hidden
 
 
 def positions_from_mask(input_mask):
@@ -392,4 +441,4 @@ def project(params, config: ModelConfig, hidden, dtype=jnp.float32):
     else:
         kernel = params["lm_head"]["kernel"]
     hidden, kernel = hidden.astype(dtype), kernel.astype(dtype)
-    return jnp.dot(hidden, kernel).astype(jnp.float32)
+    return softcap(jnp.dot(hidden, kernel).astype(jnp.float32), config.final_logit_softcapping)
