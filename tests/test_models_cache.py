@@ -79,10 +79,10 @@ def test_greedy_generate_uses_cache_consistently():
 
 
 @pytest.mark.parametrize("name", ["gemma2_softcap", "gemma3_local_rope", "mistral_sliding"])
-def test_windowed_layers_scanned_and_blockwise_equal_the_unrolled_dense_forward(name, monkeypatch):
-    """Per-layer windows, RoPE bases and soft-capping reach each block as scanned inputs (stacked layers)
-    and through blockwise attention (blocks of 8 over 24 tokens: windows cross block edges), values and
-    gradients."""
+def test_windowed_layers_scanned_blockwise_and_splash_equal_the_unrolled_dense_forward(name, monkeypatch):
+    """Per-layer windows, RoPE bases and soft-capping reach each block as scanned inputs (stacked layers),
+    through blockwise attention (blocks of 8 over 24 tokens: windows cross block edges) and through the
+    splash kernel (its interpreter: a local or causal kernel per layer, soft-capped), values and gradients."""
     from exit_jax.models import flash
     monkeypatch.setattr(flash, "BLOCK", 8)
     lm = models.load(os.path.join(PARITY, name))
@@ -95,7 +95,7 @@ def test_windowed_layers_scanned_and_blockwise_equal_the_unrolled_dense_forward(
 
     (_, want), g_want = jax.value_and_grad(loss, has_aux=True)(lm.params, "dense")
     stacked = transformer.stack_layers(lm.params)
-    for attention in ("dense", "blockwise"):
+    for attention in ("dense", "blockwise", "splash_interpret"):
         (_, got), g_got = jax.value_and_grad(loss, has_aux=True)(stacked, attention)
         np.testing.assert_allclose(np.asarray(got)[np.asarray(mask)], np.asarray(want)[np.asarray(mask)], atol=2e-5)
         for a, b in zip(jax.tree.leaves(transformer.unstack_layers(g_got)), jax.tree.leaves(g_want)):

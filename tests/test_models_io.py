@@ -224,3 +224,28 @@ def test_a_multimodal_gemma3_checkpoint_loads_as_its_text_model(tmp_path, prefix
     ours, original = models.load(path), models.load(fixture("gemma3_local_rope"))
     assert ours.config.family == "gemma3_text"
     assert_same_lm(ours, original)
+
+
+def test_fields_a_config_leaves_out_take_transformers_defaults(tmp_path):
+    """Gemma 2 without its soft-caps or query scalar, Gemma 3 (4.x layout) without layer_types or RoPE
+    bases, Mistral without sliding_window: what transformers' config classes would fill in."""
+    def load_without(name, *fields, **extra):
+        path = copy_fixture(name, tmp_path / str(len(os.listdir(tmp_path))))
+        cfg = json.loads(open(os.path.join(path, "config.json")).read())
+        for f in fields:
+            cfg.pop(f, None)
+        cfg.update(extra)
+        with open(os.path.join(path, "config.json"), "w") as f:
+            json.dump(cfg, f)
+        return models.load_config(path)
+
+    g2 = load_without("gemma2_softcap", "attn_logit_softcapping", "final_logit_softcapping", "query_pre_attn_scalar",
+                      "sliding_window", "layer_types")
+    assert (g2.attn_logit_softcapping, g2.final_logit_softcapping, g2.query_pre_attn_scalar) == (50.0, 30.0, 256)
+    assert g2.sliding_window == 4096 and g2.layer_types == ("sliding_attention", "full_attention")
+    g3 = load_without("gemma3_local_rope", "rope_parameters", "layer_types", num_hidden_layers=2,
+                      sliding_window_pattern=2)
+    assert (g3.rope_theta, g3.rope_local_theta, g3.rope_scaling) == (1e6, 1e4, None)
+    assert g3.layer_types == ("sliding_attention", "full_attention")
+    assert load_without("mistral_sliding", "sliding_window").sliding_window == 4096
+    assert load_without("mistral_sliding", sliding_window=None).layer_types is None

@@ -42,40 +42,46 @@ def _block(length: int) -> int:
     return next(b for b in (512, 256, LANES) if length % b == 0)
 
 
-def _kernel(num_heads: int, length: int, interpret: bool):
+def _kernel(num_heads: int, length: int, interpret: bool, window: Optional[int], softcap: Optional[float]):
     b = _block(length)
     sizes = splash.BlockSizes(block_q=b, block_kv=b, block_kv_compute=b, block_q_dkv=b, block_kv_dkv=b,
                               block_kv_dkv_compute=b, block_q_dq=b, block_kv_dq=b)
-    mask = splash_mask.MultiHeadMask([splash_mask.CausalMask((length, length))] * num_heads)
-    return splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1,
-                                  interpret=interpret)
+    # A window of w tokens: the query and the w - 1 before it (blocks wholly outside are skipped).
+    head = (splash_mask.CausalMask((length, length)) if window is None
+            else splash_mask.LocalMask((length, length), window_size=(window - 1, 0), offset=0))
+    return splash.make_splash_mha(splash_mask.MultiHeadMask([head] * num_heads), block_sizes=sizes, head_shards=1,
+                                  q_seq_shards=1, attn_logits_soft_cap=softcap, interpret=interpret)
 
 
-def _local(q, k, v, segments, interpret: bool):
+def _local(q, k, v, segments, interpret: bool, window: Optional[int], softcap: Optional[float]):
     """One device's rows: q [B, H, T, D], k/v [B, Hkv, T, D], segments int32 [B, T] -> [B, H, T, D]."""
     length = q.shape[2]
     pad = -length % LANES  # padded slots get segment 0 at the end: causality hides them from real rows
     if pad:
         q, k, v = (jnp.pad(x, ((0, 0), (0, 0), (0, pad), (0, 0))) for x in (q, k, v))
         segments = jnp.pad(segments, ((0, 0), (0, pad)))
-    kernel = _kernel(q.shape[1], length + pad, interpret)
+    kernel = _kernel(q.shape[1], length + pad, interpret, window, softcap)
     out = jax.vmap(lambda q1, k1, v1, s1: kernel(q1, k1, v1, segment_ids=splash.SegmentIds(s1, s1)))(
         q, k, v, segments)
     return out[:, :, :length]
 
 
-def causal_attention(q, k, v, valid, mesh: Optional[jax.sharding.Mesh] = None, interpret: bool = False):
+def causal_attention(q, k, v, valid, mesh: Optional[jax.sharding.Mesh] = None, interpret: bool = False,
+                     window: Optional[int] = None, softcap: Optional[float] = None):
     """softmax(q k^T + causal/padding mask) v for q [B, H, T, D] (already scaled), k/v [B, Hkv, T, D]
-    and valid bool [B, T] (real tokens); returns [B, H, T, D] in q's dtype."""
+    and valid bool [B, T] (real tokens); returns [B, H, T, D] in q's dtype. window: each query attends to
+    that many most recent tokens, its own included (None: all); softcap: scores -> softcap * tanh(scores /
+    softcap). Both are static: the kernel's block mask is built from them."""
     segments = valid.astype(jnp.int32)
+    local = functools.partial(_local, interpret=interpret, window=window, softcap=softcap)
     if mesh is None or mesh.size == 1:
-        return _local(q, k, v, segments, interpret)
+        return local(q, k, v, segments)
     rows = tuple(a for a in mesh.axis_names if a != TENSOR_AXIS)
     tensor = mesh.shape.get(TENSOR_AXIS, 1)
     # Heads split over "tensor" when both q and kv heads divide; otherwise each device runs them all.
     heads = TENSOR_AXIS if tensor > 1 and q.shape[1] % tensor == 0 == k.shape[1] % tensor else None
     qkv = P(rows, heads)
-    fn = jax.shard_map(lambda *a: _local(*a, interpret), mesh=mesh, in_specs=(qkv, qkv, qkv, P(rows)),
+    fn = jax.shard_map(local, mesh=mesh, in_specs=(qkv, qkv, qkv, P(rows)),
                        out_specs=qkv, check_vma=False)
     return fn(q, k, v, segments)
 

@@ -24,6 +24,14 @@ _ACTIVATIONS = {f: ("gelu", "gelu_pytorch_tanh") if f in GEMMAS else ("silu",) f
 _TIE_DEFAULT = {f: f in GEMMAS for f in FAMILIES}
 _ATTENTION_BIAS = ("llama", "qwen3")  # families whose config.json may set attention_bias
 _SOFTCAPPED = ("gemma2", "gemma3_text")  # families whose transformers models apply the soft-capping fields
+# transformers' defaults for fields a config.json may leave out (an explicit null stays null).
+_HF_DEFAULTS = {
+    "mistral": {"sliding_window": 4096},
+    "gemma2": {"query_pre_attn_scalar": 256, "sliding_window": 4096, "attn_logit_softcapping": 50.0,
+               "final_logit_softcapping": 30.0},
+    "gemma3_text": {"query_pre_attn_scalar": 256, "sliding_window": 4096, "rope_theta": 1000000.0,
+                    "rope_local_base_freq": 10000.0},
+}
 
 # HF name (after "model.layers.{i}.") -> path inside our "layers_{i}" subtree, and whether to transpose.
 _LAYER_MAP = {
@@ -109,7 +117,7 @@ def _rope(cfg: dict, where: str) -> tuple:
         local = sliding.get("rope_theta", local)
         params = params["full_attention"]
     scaling = cfg.get("rope_scaling") or params
-    theta = float(cfg.get("rope_theta") or params.get("rope_theta") or 10000.0)
+    theta = float(params.get("rope_theta") or cfg.get("rope_theta") or 10000.0)
     local = float(local) if local else None
     return (*_rope_scaling(cfg, scaling, theta, where), local)
 
@@ -150,6 +158,7 @@ def config_from_hf(cfg: dict, where: str = "config.json") -> ModelConfig:
     family = cfg.get("model_type")
     if family not in FAMILIES:
         raise ValueError(f"{where}: model_type {family!r} is an unknown family; supported: {FAMILIES}.")
+    cfg = {**_HF_DEFAULTS.get(family, {}), **cfg}
     act = cfg.get("hidden_activation") or cfg.get("hidden_act", _ACTIVATIONS[family][-1])
     if act not in _ACTIVATIONS[family]:
         raise ValueError(f"{where}: hidden_act {act!r} is not supported for {family} "

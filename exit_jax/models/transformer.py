@@ -177,7 +177,7 @@ class Attention(nn.Module):
         q, k = apply_rope(q, positions, inv_freq, scale), apply_rope(k, positions, inv_freq, scale)
         groups = c.num_heads // c.num_kv_heads
         q = q.reshape(b, t, c.num_kv_heads, groups, c.head_dim) * ((c.query_pre_attn_scalar or c.head_dim) ** -0.5)
-        valid = mask[:, -1]  # whole-sequence self-attention: the last row's keys are the real tokens
+        valid = mask[:, -1]  # the mask is causal & valid-key: its last row is the validity of every token
         if key_positions is not None:  # sliding windows bind somewhere in this call (see the module doc)
             mask = mask & ((positions[:, :, None] - key_positions[:, None, :]) < layer["window"])
         k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, Hkv, T, D]
@@ -199,10 +199,14 @@ class Attention(nn.Module):
             return out_proj(out), new_cache
         if self.attention in ("splash", "splash_interpret") and t > 1 and k_all.shape[2] == t:
             # Self-attention of the whole sequence (training, prefill): the kernel, no [T, T] scores.
-            # The mask is causal & valid-key, so its last row is the validity of every token.
             qh = q.reshape(b, t, c.num_heads, c.head_dim).transpose(0, 2, 1, 3)
-            out = flash.causal_attention(qh, k_all.astype(q.dtype), v_all.astype(q.dtype), valid,
-                                         self.mesh, interpret=self.attention == "splash_interpret")
+            kernel = functools.partial(flash.causal_attention, qh, k_all.astype(q.dtype), v_all.astype(q.dtype),
+                                       valid, self.mesh, self.attention == "splash_interpret",
+                                       softcap=c.attn_logit_softcapping)
+            if key_positions is None:
+                out = kernel()
+            else:  # the kernel's mask is static; a scanned layer's window is not: one kernel per kind
+                out = jax.lax.cond(layer["window"] < FULL_WINDOW, lambda: kernel(window=c.sliding_window), kernel)
             out = out.astype(self.dtype).transpose(0, 2, 1, 3).reshape(b, t, c.num_heads * c.head_dim)
             return out_proj(out), new_cache
         if t == 1 and self.decode_reduce:
@@ -329,11 +333,6 @@ class Transformer(nn.Module):
         if mask.shape[-1] > c.min_window():  # some window is narrower than the keys: positions to mask by
             # No cache: the keys are the queries. Otherwise count the real tokens of the last query row.
             key_positions = positions if cache is None else jnp.cumsum(mask[:, -1], axis=-1) - 1
-        splash = self.attention in ("splash", "splash_interpret") and tokens.shape[1] > 1
-        if splash and (key_positions is not None or c.attn_logit_softcapping):
-            raise ValueError(f"{c.name or c.family}: sliding windows narrower than the sequence and attention "
-                             "soft-capping run with attention='dense' or 'blockwise' (LearnerConfig / "
-                             "SamplingConfig.attention); the splash kernel takes neither yet.")
         if self.scan_layers:
             if cache is not None:
                 raise ValueError("Transformer(scan_layers=True) runs the no-cache forward only.")

@@ -176,7 +176,8 @@ def update_costs(config, cfg, shape: RunShape, mesh) -> tuple[float, float]:
     probe_shape = dataclasses.replace(shape, prompts=micro * shards, group=1)
     costs = []
     for depth in (1, 2):
-        probe = dataclasses.replace(config, num_layers=depth)
+        probe = dataclasses.replace(config, num_layers=depth,  # every layer costed as the first ones
+                                    layer_types=config.layer_types and config.layer_types[:depth])
         state, batch = abstract_state(probe, probe_cfg, mesh), abstract_batch(probe_shape, mesh)
         # The whole vocabulary at once (chunks would be a loop, costed once); if even one or two layers
         # cannot hold those logits, the chunked probe plus the chunks its loop leaves uncounted.
