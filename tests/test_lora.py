@@ -93,6 +93,29 @@ def test_update_moves_only_the_adapters_and_the_state_holds_one_base(params):
     np.testing.assert_allclose(one["loss"], full["loss"], rtol=1e-5)
 
 
+def test_the_update_planner_sizes_a_lora_state_from_the_adapters():
+    """rl.memory's state estimate (what micro-batches are planned around) against the TrainState init_state
+    builds, for SmolLM2's shapes in float32: the learner's own state is covered, and with LoRA the estimate
+    falls with it (one base in the compute dtype, Adam over the adapters), so the same budget plans fewer,
+    larger micro-batches."""
+    from exit_jax.rl import memory
+    smol = preset("smollm2-135m-instruct")
+    for kw in (dict(), dict(lora_rank=16)):
+        cfg = LearnerConfig(kl_beta=0.001, **kw)
+        state = jax.eval_shape(lambda: learner.init_state(transformer.init_params(smol), cfg))
+        held = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+        adapters = 0 if cfg.lora is None else lora.num_params(cfg.lora, smol)
+        assert adapters == sum(x.size for x in jax.tree.leaves(lora.split(state.params)[1])) if adapters else True
+        estimate = memory.state_bytes(smol, 4, 4, True, 1, adapters)
+        assert held <= estimate <= 2 * held, (kw, held, estimate)
+    # A budget one row short of fitting the full state plus a row: LoRA's state leaves room for several.
+    budget = (memory.state_bytes(smol, 4, 4, True, 1) + 0.5 * memory.row_bytes(
+        smol, 3072, 1024, 4, True, 512, "blockwise", "gpu")) / 2 ** 30
+    plan = lambda **kw: learner.micro_plan(LearnerConfig(memory_budget_gb=budget, remat=True, kl_beta=0.001,  # noqa: E731
+                                                         **kw), smol, 32, 1, 3072, 1024, "gpu")
+    assert plan() == (32, True) and plan(lora_rank=16)[0] < 32
+
+
 def test_lora_update_is_the_same_in_every_parallel_mode_and_layout(params):
     batch = make_batch(params, seed=1)
     cfg = LearnerConfig(**LORA, skip_zero_advantage=False)

@@ -55,6 +55,15 @@ class LoraConfig:
         return self.alpha / self.rank
 
 
+def num_params(cfg: LoraConfig, config) -> int:
+    """How many adapter parameters `cfg` adds to a model of ModelConfig `config`: rank * (in + out) per
+    targeted projection and layer."""
+    d, f = config.hidden_size, config.intermediate_size
+    q, kv = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
+    sizes = {"q": (d, q), "k": (d, kv), "v": (d, kv), "o": (q, d), "gate": (d, f), "up": (d, f), "down": (f, d)}
+    return config.num_layers * cfg.rank * sum(sum(sizes[t]) for t in cfg.targets)
+
+
 def wrap(model, cfg: LoraConfig, train: bool = False):
     """The flax module computing with adapters (qwix interception). Dropout only when `train`: the
     sampler and the reference pass see the deterministic policy. Its apply needs a "dropout" rng then."""

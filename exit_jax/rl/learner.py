@@ -275,7 +275,8 @@ def micro_plan(cfg: LearnerConfig, model_config: ModelConfig, batch_rows: int, n
         vocab_chunk=cfg.vocab_chunk, attention=flash.resolve(cfg.attention, platform), platform=platform,
         param_bytes=memory.dtype_bytes(cfg.param_dtype), compute_bytes=memory.dtype_bytes(cfg.compute_dtype),
         kl=cfg.kl_beta > 0, shards=num_shards if fsdp else 1,
-        budget=memory.budget_bytes(cfg.memory_budget_gb, platform, device))
+        budget=memory.budget_bytes(cfg.memory_budget_gb, platform, device),
+        adapters=0 if cfg.lora is None else lora_lib.num_params(cfg.lora, model_config))
     return per_shard // rows, remat
 
 

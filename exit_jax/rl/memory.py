@@ -51,10 +51,14 @@ def budget_bytes(budget_gb: float, platform: str, device=None) -> int:
     return int(device_bytes(platform, device) * DEFAULT_SHARE.get(platform, ACCELERATOR_SHARE))
 
 
-def state_bytes(config: ModelConfig, param_bytes: int, compute_bytes: int, kl: bool, shards: int) -> int:
-    """Per device: params and two Adam moments, the float32 gradient sum, the compute-dtype weight copy
-    and one micro-batch's gradient tree (and the reference policy with a KL term)."""
+def state_bytes(config: ModelConfig, param_bytes: int, compute_bytes: int, kl: bool, shards: int,
+                adapters: int = 0) -> int:
+    """Per device: the trained params and two Adam moments, the float32 gradient sum, the compute-dtype
+    weight copy and one micro-batch's gradient tree (and the reference policy with a KL term). With LoRA
+    (`adapters` trained parameters) those are the adapters', beside one frozen base in the compute dtype."""
     per_param = 3 * param_bytes + 4 + 2 * compute_bytes + (compute_bytes if kl else 0)
+    if adapters:
+        return (config.num_params() * compute_bytes + adapters * per_param) // shards
     return config.num_params() * per_param // shards
 
 
@@ -78,11 +82,11 @@ def row_bytes(config: ModelConfig, length: int, width: int, compute_bytes: int, 
 
 def plan(config: ModelConfig, rows: int, length: int, width: int, *, micro_batch_size: int,
          remat, vocab_chunk: int, attention: str, platform: str, param_bytes: int, compute_bytes: int,
-         kl: bool, shards: int, budget: int) -> tuple[int, bool]:
+         kl: bool, shards: int, budget: int, adapters: int = 0) -> tuple[int, bool]:
     """(rows per micro-batch, remat) for a device's `rows` rows: the fixed settings where given, else
     the largest divisor of `rows` that fits the budget (on CPU: and CPU_MICRO_TOKENS), without remat if
-    that fits at all."""
-    free = budget - state_bytes(config, param_bytes, compute_bytes, kl, shards)
+    that fits at all. adapters: see state_bytes."""
+    free = budget - state_bytes(config, param_bytes, compute_bytes, kl, shards, adapters)
     if remat is not None:
         choices = [bool(remat)]
     else:  # remat saves nothing on CPU (module doc)
