@@ -23,7 +23,7 @@ _ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", 
 _ACTIVATIONS = {f: ("gelu", "gelu_pytorch_tanh") if f in GEMMAS else ("silu",) for f in FAMILIES}
 _TIE_DEFAULT = {f: f in GEMMAS for f in FAMILIES}
 _ATTENTION_BIAS = ("llama", "qwen3")  # families whose config.json may set attention_bias
-_SOFTCAPPED = ("gemma2", "gemma3_text")  # families whose transformers models apply the soft-capping fields
+_SOFTCAPPED = ("gemma2", "gemma3_text")  # families whose models apply soft-capping and query_pre_attn_scalar
 # transformers' defaults for fields a config.json may leave out (an explicit null stays null).
 _HF_DEFAULTS = {
     "mistral": {"sliding_window": 4096},
@@ -181,7 +181,6 @@ def config_from_hf(cfg: dict, where: str = "config.json") -> ModelConfig:
         raise ValueError(f"{where}: a separate RoPE base for sliding layers is only supported for gemma3_text.")
     layer_types = _layer_types(cfg, family, cfg["num_hidden_layers"])
     heads = cfg["num_attention_heads"]
-    gemma = family in _SOFTCAPPED
     return ModelConfig(
         family=family, vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"],
         num_layers=cfg["num_hidden_layers"], num_heads=heads,
@@ -193,10 +192,11 @@ def config_from_hf(cfg: dict, where: str = "config.json") -> ModelConfig:
         max_position_embeddings=int(cfg.get("max_position_embeddings", 8192)),
         attention_bias=bool(cfg.get("attention_bias")) and family in _ATTENTION_BIAS,
         sliding_window=cfg.get("sliding_window") if layer_types else None, layer_types=layer_types,
-        attn_logit_softcapping=cfg.get("attn_logit_softcapping") if gemma else None,
-        final_logit_softcapping=cfg.get("final_logit_softcapping") if gemma else None,
-        query_pre_attn_scalar=cfg.get("query_pre_attn_scalar") if gemma else None,
-        rope_local_theta=local_theta if family == "gemma3_text" else None,
+        # Other families' soft-caps and local RoPE bases were refused above (None here).
+        attn_logit_softcapping=cfg.get("attn_logit_softcapping"),
+        final_logit_softcapping=cfg.get("final_logit_softcapping"),
+        query_pre_attn_scalar=cfg.get("query_pre_attn_scalar") if family in _SOFTCAPPED else None,
+        rope_local_theta=local_theta,
         name=str(cfg.get("_name_or_path", "")))
 
 

@@ -20,6 +20,8 @@ from typing import Any, Optional, Sequence
 import jinja2
 import jinja2.sandbox
 
+from exit_jax.models.config import GEMMAS
+
 # Chat templates used when a checkpoint ships none (written for this project, same rendered text as
 # the official templates of each family).
 CHATML_TEMPLATE = (
@@ -44,7 +46,7 @@ STOP_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<end_of_turn>", "
 
 def default_chat_template(family: str, has_token) -> str:
     """Family fallback when neither tokenizer_config.json nor GGUF metadata carries a template."""
-    if family.startswith("gemma"):
+    if family in GEMMAS:
         return GEMMA_TEMPLATE
     if family == "llama" and has_token("<|start_header_id|>"):
         return LLAMA3_TEMPLATE
@@ -236,7 +238,7 @@ class Tokenizer:
                 template = f.read()
         bos, eos, pad = (_token_str(cfg.get(k)) for k in ("bos_token", "eos_token", "pad_token"))
         tok = cls(backend=backend, chat_template="", bos_token=bos, eos_token=eos, pad_token=pad,
-                  add_bos=bool(cfg.get("add_bos_token", family.startswith("gemma"))),
+                  add_bos=bool(cfg.get("add_bos_token", family in GEMMAS)),
                   extra_eos_ids=tuple(int(i) for i in (list(eos_ids) + cfg.get("extra_eos_ids", []))),
                   special_tokens=tuple(sorted(t for t in special if t)))
         if not template:
