@@ -113,7 +113,7 @@ def config_from_metadata(meta: dict, path: str, tensor_shapes: dict) -> ModelCon
 def _match_rope_freqs(config: ModelConfig, factors: np.ndarray, original: int,
                       path: str) -> ModelConfig:
     import dataclasses
-    from exit_jax.models.transformer import rope_inv_freq
+    from exit_jax.models.rope import rope_inv_freq
     plain = rope_inv_freq(config)
     for factor in _LLAMA3_FACTORS:
         cand = RopeScaling(factor, 1.0, 4.0, original)
