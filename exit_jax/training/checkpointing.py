@@ -32,6 +32,7 @@ import logging
 import os
 import sys
 import threading
+import warnings
 import zlib
 from typing import Any, Optional
 
@@ -105,6 +106,8 @@ def _quiet_failed_writes() -> None:
     event loop (dropped; other unraisable errors are printed as before)."""
     for name in ("absl", "asyncio"):
         logging.getLogger(name).addFilter(_OrbaxErrorsAsDebug())
+    # Orbax's serialization coroutines cut short by the failed write, collected at interpreter exit.
+    warnings.filterwarnings("ignore", message=r"coroutine '.*serializ.*' was never awaited", category=RuntimeWarning)
     previous = sys.unraisablehook
 
     def hook(unraisable):
