@@ -2,12 +2,15 @@
 import dataclasses
 import functools
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -153,6 +156,22 @@ def test_sampled_token_budget_stops_the_run_and_survives_resume(tmp_path, math_d
     _run(tmp_path, math_domain, "grpo", iterations=50, sampled_token_budget=totals[-1] + 1)
     more = read_metrics(str(tmp_path))
     assert len(more) == len(records) + 1 and _stable(more[:-1]) == _stable(records)
+
+
+def test_the_update_compiles_once_ahead_of_its_batch_while_the_rollout_runs(tmp_path, math_domain, caplog):
+    """One model call per rollout: the batch's layout is known before the rollout, so the update compiles
+    on another thread while the sampler runs, and the update's own call reuses that executable."""
+    sampling = dataclasses.replace(SMOKE_SAMPLING, min_bucket=256)  # one layout for every iteration
+    jax.config.update("jax_log_compiles", True)  # global: a config context would not reach the thread
+    try:
+        with caplog.at_level(logging.WARNING, logger="jax._src.dispatch"):
+            _run(tmp_path, math_domain, "grpo", iterations=2, sampling=sampling)
+    finally:
+        jax.config.update("jax_log_compiles", False)
+    compiles = [r for r in caplog.records if "XLA compilation of jit(update_step)" in r.getMessage()]
+    assert len(compiles) == 1, [r.getMessage() for r in compiles]
+    assert compiles[0].threadName != threading.main_thread().name
+    assert len(read_metrics(str(tmp_path))) == 2
 
 
 def test_checkpoint_from_another_config_is_refused(tmp_path, math_domain):

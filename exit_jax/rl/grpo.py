@@ -6,6 +6,7 @@ exactly the loss of the whole batch: the learner computes the normalisers once f
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import jax
@@ -33,6 +34,9 @@ def zero_variance_groups(rewards, valid=None) -> jax.Array:
                                                                          axis=-1)
 
 
+# Compiled as one program: called eagerly on the host each iteration, their ~20 jnp ops would each be
+# compiled on the first call (~0.8 s of the first iteration on 2 CPU cores).
+@functools.partial(jax.jit, static_argnames=("scale", "eps", "ddof"))
 def group_advantages(rewards, scale: str = "group", eps: float = 1e-6, ddof: int = 0, valid=None) -> jax.Array:
     """Group-relative advantages (paper Eq. 3): (r - mean) / (std + eps) within each group.
 
@@ -61,6 +65,7 @@ def group_advantages(rewards, scale: str = "group", eps: float = 1e-6, ddof: int
     return jnp.where(constant | ~valid, 0.0, centred)
 
 
+@functools.partial(jax.jit, static_argnames=("drop_zero_variance_groups",))
 def group_keep_mask(rewards, drop_zero_variance_groups: bool = False, valid=None) -> jax.Array:
     """[P, G] -> bool [P, G]: the samples that enter the loss (paper §13.4: all the valid ones, unless
     dropping zero-variance groups)."""

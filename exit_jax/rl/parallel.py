@@ -103,6 +103,18 @@ def make_update(model_config: ModelConfig, cfg: LearnerConfig,
     return jax.jit(fsdp, donate_argnums=0)
 
 
+def compile_ahead(update, state: TrainState, batch: Batch, cfg: LearnerConfig, executor, mesh=None):
+    """Compile `update` (from make_update) for `batch`'s shapes on an executor's thread, so that the compile
+    overlaps other work (the rollout that will produce a batch of those shapes). jit keeps the executable:
+    the later call with a real batch of the same shapes and placement runs it without compiling again.
+    Returns the Future, or None for pmap, which cannot be lowered ahead of its call. The state's values are
+    only read for their shapes and placement."""
+    if cfg.parallel == "pmap":
+        return None
+    placed = place_batch(batch, cfg, mesh)
+    return executor.submit(lambda: update.lower(state, placed).compile())
+
+
 def init_sharded(params, cfg: LearnerConfig, mesh) -> TrainState:
     """learner.init_state built straight into its FSDP shards: each device receives its slice of the
     params and computes its slice of the state; the whole state never exists on one device (a 7B model's

@@ -186,21 +186,23 @@ class Checkpointer:
             raise self._write_failed(self._unsealed, error)
         self._unsealed = None
 
-    def save(self, step: int, state: Any, host: dict) -> None:
+    def save(self, step: int, state: Any, host: dict, last: bool = False) -> None:
         """Starts writing `step` in the background and returns; the previous write is finished and
         sealed first. A state with a non-finite entry is refused (the previous checkpoints stay).
 
         The next update donates (reuses) the state's buffers. On accelerators orbax's blocking phase
         copies them to the host; on CPU that "copy" can alias the very buffer being donated, so the
-        write gets buffers of its own. The metrics of iterations after the last durable step are
-        rewritten on resume (MetricsWriter truncates to the restored iteration): a kill loses nothing.
+        write gets buffers of its own, unless `last` says that no update follows (the run's final save,
+        where a copy of the whole state was the peak of a SmolLM2 run's memory). The metrics of iterations
+        after the last durable step are rewritten on resume (MetricsWriter truncates to the restored
+        iteration): a kill loses nothing.
         """
         self._seal()
         bad = _non_finite(state)
         if bad is not None:
             raise ValueError(f"Refusing to checkpoint iteration {step}: {bad} is not finite; the checkpoints "
                              f"in {self.directory} are kept as they are.")
-        if jax.default_backend() == "cpu":
+        if jax.default_backend() == "cpu" and not last:
             state = jax.tree.map(jnp.copy, state)
         self._unsealed = step
         try:

@@ -182,9 +182,9 @@ def _train(run: RunConfig, ckpt: Checkpointer, sync, model: Any, domain: Domain,
         fp["base_model"] = model if isinstance(model, str) else lm.config.name
     if sharded:
         state = parallel.init_sharded(lm.params, learner, mesh)
-        lm = dataclasses.replace(lm, params=None)  # the state holds them now: no second copy on the devices
     else:
         state = learner_lib.init_state(lm.params, learner)
+    lm = dataclasses.replace(lm, params=None)  # the state holds them now: no second copy
     host = HostState(0, buffer.init(curriculum.capacity), np.random.default_rng(run.seed), frozenset())
     # The newest checkpoint that verifies (see checkpointing).
     restored = ckpt.restore_latest(_checkpointed(state, learner), fp)
@@ -217,7 +217,9 @@ def _train(run: RunConfig, ckpt: Checkpointer, sync, model: Any, domain: Domain,
     saved = host.iteration  # the iteration of the newest checkpoint (or the start)
     skipped_in_a_row = 0
     stopping = False  # a stop request reached some process: all of them stop after the same iteration
-    with concurrent.futures.ThreadPoolExecutor(run.env_workers) as pool, stop_requests() as stop:
+    compiled: set = set()  # batch layouts the update was compiled for ahead of their batch
+    with concurrent.futures.ThreadPoolExecutor(run.env_workers) as pool, stop_requests() as stop, \
+            concurrent.futures.ThreadPoolExecutor(1) as ahead:
         while host.iteration < run.num_iterations and not _budget_spent(run, host):
             if processes.any(stop.signal is not None):
                 stopping = True
@@ -232,6 +234,10 @@ def _train(run: RunConfig, ckpt: Checkpointer, sync, model: Any, domain: Domain,
             buf, episodes = episodes_lib.plan(host.buffer, host.rng, domain.train_tasks, domain.make_env,
                                               curriculum, run.prompts_per_iteration, iteration=it)
             t1 = time.perf_counter()
+            compiling = None
+            if not domain.multi_turn:
+                compiling = _compile_ahead(update, state, [e.prompt for e in episodes], policy, rows,
+                                           row_multiple, learner, mesh, ahead, compiled)
             groups, segments, roll_stats = run_groups(policy, episodes, run.group_size, domain.make_env,
                                                       seed=run.seed * 1_000_003 + it, pool=pool,
                                                       processes=processes)
@@ -243,6 +249,7 @@ def _train(run: RunConfig, ckpt: Checkpointer, sync, model: Any, domain: Domain,
             keep = [keep[s.group, s.sample] and (s.valid or not run.filter_invalid_responses) for s in segments]
             batch = batch_lib.pack(segments, adv, mult, sampling.max_new_tokens,
                                    lm.tokenizer.pad_id, row_multiple, sampling.min_bucket, keep)
+            _wait(compiling)
             state, learn = update(state, parallel.place_batch(batch, learner, mesh))
             policy.params = sampling_params(state)
             learn = {f"learner/{k}": float(v) for k, v in jax.device_get(learn).items()}
@@ -260,9 +267,9 @@ def _train(run: RunConfig, ckpt: Checkpointer, sync, model: Any, domain: Domain,
             seen = stats.update_seen(host.seen, episodes)
             host = HostState(it + 1, buf, host.rng, seen,
                              host.sampled_tokens + int(roll_stats["rollout/completion_tokens"]))
-            if (host.iteration % run.checkpoint_every == 0 or host.iteration == run.num_iterations
-                    or _budget_spent(run, host)):
-                _save(ckpt, state, host, fp, learner)
+            last = host.iteration == run.num_iterations or _budget_spent(run, host)
+            if host.iteration % run.checkpoint_every == 0 or last:
+                _save(ckpt, state, host, fp, learner, last)
                 saved = host.iteration
             t4 = time.perf_counter()
             trained_tokens = int(batch["completion_mask"].sum())
@@ -287,7 +294,7 @@ def _train(run: RunConfig, ckpt: Checkpointer, sync, model: Any, domain: Domain,
             sync()
             progress(it, metrics)
     if stopping and saved != host.iteration:
-        _save(ckpt, state, host, fp, learner)
+        _save(ckpt, state, host, fp, learner, last=True)
     writer.close()
     ckpt.close()  # waits for the last checkpoint to be durable
     if stopping or stop.signal:
@@ -337,6 +344,31 @@ def _note_slow(phase: str, it: int, seconds: float, what: str) -> None:
         log.info("iteration %d: %s took %.0f s (%s)", it + 1, phase, seconds, what)
 
 
+def _compile_ahead(update, state, prompts, policy: TextPolicy, rows: int, row_multiple: int,
+                   learner: learner_lib.LearnerConfig, mesh, executor, compiled: set):
+    """With one model call per rollout the batch's layout is known before the rollout: a row per sample,
+    the prompt bucket of the longest prompt. The update compiles for a layout it has not seen on
+    `executor` while the rollout runs (on 2 CPU cores its ~10 s compile then hides behind the sampler's own
+    compile; a TPU host's CPU idles while the chips sample). Returns the Future, or None."""
+    cfg = policy.config
+    shape = batch_lib.layout([len(policy.encode(p)[0]) for p in prompts], rows, row_multiple, cfg.min_bucket)
+    if shape in compiled:
+        return None
+    compiled.add(shape)
+    empty = batch_lib.empty(*shape, cfg.max_new_tokens, policy.lm.tokenizer.pad_id)
+    return parallel.compile_ahead(update, state, empty, learner, executor, mesh)
+
+
+def _wait(compiling) -> None:
+    """Waits for a compile ahead, so the update does not compile the same program twice. Should it
+    fail, the update's own call compiles and reports the error."""
+    if compiling is not None:
+        try:
+            compiling.result()
+        except Exception as e:  # noqa: BLE001
+            log.debug("compiling the update ahead failed (%s); it compiles on its call", e)
+
+
 def _budget_spent(run: RunConfig, host: HostState) -> bool:
     return 0 < run.sampled_token_budget <= host.sampled_tokens
 
@@ -356,10 +388,12 @@ def _sampling_params(state, learner: learner_lib.LearnerConfig, dtype, mesh):
     return parallel.host_params(state, learner)
 
 
-def _save(ckpt: Checkpointer, state, host: HostState, fp: dict, learner: learner_lib.LearnerConfig) -> None:
+def _save(ckpt: Checkpointer, state, host: HostState, fp: dict, learner: learner_lib.LearnerConfig,
+          last: bool = False) -> None:
+    """last: no update follows (see Checkpointer.save)."""
     if learner.parallel == "pmap":  # pmap states carry a leading device axis; checkpoints hold one copy
         state = jax.tree.map(lambda x: x[0], state)
-    ckpt.save(host.iteration, _checkpointed(state, learner), host.to_json(fp))
+    ckpt.save(host.iteration, _checkpointed(state, learner), host.to_json(fp), last=last)
 
 
 def _checkpointed(state, learner: learner_lib.LearnerConfig):
