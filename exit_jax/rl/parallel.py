@@ -5,6 +5,7 @@ all give the single-device result.
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Callable
 
 import jax
@@ -15,6 +16,8 @@ from exit_jax.models import transformer
 from exit_jax.models.config import ModelConfig
 from exit_jax.rl.learner import (AXIS, OPTIONAL_KEYS, REQUIRED_KEYS, TENSOR, Batch, LearnerConfig,
                                  TrainState, init_state, update_step)
+
+log = logging.getLogger(__name__)
 
 
 def process_devices() -> np.ndarray:
@@ -107,12 +110,19 @@ def compile_ahead(update, state: TrainState, batch: Batch, cfg: LearnerConfig, e
     """Compile `update` (from make_update) for `batch`'s shapes on an executor's thread, so that the compile
     overlaps other work (the rollout that will produce a batch of those shapes). jit keeps the executable:
     the later call with a real batch of the same shapes and placement runs it without compiling again.
-    Returns the Future, or None for pmap, which cannot be lowered ahead of its call. The state's values are
-    only read for their shapes and placement."""
+    Returns the Future (wait for it before that call, or the call compiles the same program again), or None
+    for pmap, which cannot be lowered ahead of its call. The state's values are only read for their shapes
+    and placement. A failure is only logged: the update's own call then compiles and reports the error."""
     if cfg.parallel == "pmap":
         return None
     placed = place_batch(batch, cfg, mesh)
-    return executor.submit(lambda: update.lower(state, placed).compile())
+
+    def compile_():
+        try:
+            update.lower(state, placed).compile()
+        except Exception as e:  # noqa: BLE001
+            log.debug("compiling the update ahead failed (%s); it compiles on its call", e)
+    return executor.submit(compile_)
 
 
 def init_sharded(params, cfg: LearnerConfig, mesh) -> TrainState:

@@ -249,7 +249,8 @@ def _train(run: RunConfig, ckpt: Checkpointer, sync, model: Any, domain: Domain,
             keep = [keep[s.group, s.sample] and (s.valid or not run.filter_invalid_responses) for s in segments]
             batch = batch_lib.pack(segments, adv, mult, sampling.max_new_tokens,
                                    lm.tokenizer.pad_id, row_multiple, sampling.min_bucket, keep)
-            _wait(compiling)
+            if compiling is not None:  # else the update would compile the same program again
+                compiling.result()
             state, learn = update(state, parallel.place_batch(batch, learner, mesh))
             policy.params = sampling_params(state)
             learn = {f"learner/{k}": float(v) for k, v in jax.device_get(learn).items()}
@@ -357,16 +358,6 @@ def _compile_ahead(update, state, prompts, policy: TextPolicy, rows: int, row_mu
     compiled.add(shape)
     empty = batch_lib.empty(*shape, cfg.max_new_tokens, policy.lm.tokenizer.pad_id)
     return parallel.compile_ahead(update, state, empty, learner, executor, mesh)
-
-
-def _wait(compiling) -> None:
-    """Waits for a compile ahead, so the update does not compile the same program twice. Should it
-    fail, the update's own call compiles and reports the error."""
-    if compiling is not None:
-        try:
-            compiling.result()
-        except Exception as e:  # noqa: BLE001
-            log.debug("compiling the update ahead failed (%s); it compiles on its call", e)
 
 
 def _budget_spent(run: RunConfig, host: HostState) -> bool:
