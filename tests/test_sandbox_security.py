@@ -1,6 +1,7 @@
 """The sandbox attacked the way a reward-hacking or buggy solution would: every attack must be contained,
 the host process unharmed and nothing left running. Resource bombs run only after a bounded probe of the
 same limit has passed (an escaped bomb would freeze the shared machine)."""
+import ctypes
 import os
 import socket
 
@@ -11,13 +12,32 @@ from exit_jax.envs.mle import sandbox
 
 pytestmark = pytest.mark.skipif(not sandbox.bwrap_available(), reason="bwrap cannot create namespaces here")
 
+_PR_SET_CHILD_SUBREAPER = 36
 CFG = sandbox.SandboxConfig(time_limit_s=5, memory_mb=256, nproc=16, fsize_mb=8, disk_mb=32)
 
 
 def _job_processes():
+    """Live processes of sandboxed jobs that this test process started. Only our own descendants count:
+    another pytest-xdist worker may be running sandboxed jobs of its own at the same moment, under uids from
+    the same range. As a child subreaper (below) we inherit any orphan that left its sandbox's namespace, so
+    an escaped daemon would still be our descendant."""
     lo, hi = sandbox._UID_RANGE
-    return [p for p in psutil.process_iter(["uids", "cmdline"])
-            if p.info["uids"] and lo <= p.info["uids"].real <= hi]
+    found = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if lo <= p.uids().real <= hi and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p)
+        except psutil.NoSuchProcess:  # ended between the listing and the look
+            pass
+    return found
+
+
+@pytest.fixture(scope="module", autouse=True)
+def subreaper():
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    yield
+    libc.prctl(_PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
 
 
 @pytest.fixture(scope="module")
