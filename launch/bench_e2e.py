@@ -49,7 +49,7 @@ def bench_ours(a, lm, domain):
     from exit_jax.rl.learner import LearnerConfig
     from exit_jax.training import loop
     from exit_jax.training.metrics import read_metrics
-    from exit_jax.training.policy import SamplingConfig
+    from exit_jax.sampling.text_policy import SamplingConfig
     with tempfile.TemporaryDirectory() as wd:
         run = loop.RunConfig(workdir=wd, num_iterations=a.warmup + a.timed, seed=a.seed, progress=False,
                              prompts_per_iteration=a.prompts, group_size=a.group)
@@ -203,8 +203,8 @@ def child(a):
     import jax
     from bench_util import matmul_peak
     from exit_jax import models
-    from exit_jax.training import domains
-    domain = domains.math(num_train=a.num_train, num_eval=1, levels=(1, 2), seed=a.seed)
+    from exit_jax.envs import domains
+    domain = domains.math_domain(num_train=a.num_train, num_eval=1, levels=(1, 2), seed=a.seed)
     lm = models.load("smollm2-135m-instruct")
     vers = {"jax": jax.__version__}
     if a.child == "exit_jax":

@@ -29,7 +29,8 @@ GB = 2 ** 30  # GiB, as the TPU compiler counts
 def run_shape():
     from exit_jax.sampling import prompt_bucket
     from exit_jax.tpu.aot import RunShape
-    from exit_jax.training import loop, policy
+    from exit_jax.sampling import text_policy as policy
+    from exit_jax.training import loop
     run = gin.get_configurable(loop.RunConfig)()
     sampling = gin.get_configurable(policy.SamplingConfig)()
     try:

@@ -5,7 +5,7 @@
     python launch/eval.py --compare runs/math_grpo runs/math_exit --out_dir runs/compare
 
 Evaluation is the training command with no iterations left to run: the same gin files restore the same
-model, domain and checkpoint, then `evaluate.final_evaluation` writes WORKDIR/eval.json and the plots
+model, domain and checkpoint, then `evaluate.evaluate_and_report` writes WORKDIR/eval.json and the plots
 (paper: math K=16, tool use K=4, MLE greedy search K=16). A WORKDIR without a checkpoint is refused (a
 mistyped path would otherwise evaluate the untrained model without a word); `--initial` evaluates the
 initial model there on purpose (the paper's "Base model" row).

@@ -17,7 +17,7 @@ def main(argv):
         raise gin_cli.ConfigError("pass the export directory once, as --out=DIR.")
     args = gin_cli.parse_args([a for a in argv if not a.startswith("--out=")], __doc__)
     args.gin_bindings += ["loop.RunConfig.num_iterations = 0", "loop.RunConfig.keep_checkpoints = None",
-                          f"loop.RunConfig.export_dir = {outs[0]!r}", "loop.train.evaluate_at_end = None"]
+                          f"loop.RunConfig.export_dir = {outs[0]!r}", "loop.train.evaluate = None"]
     gin_cli.maybe_initialize_distributed()
     gin_cli.enable_compilation_cache()
     gin_cli.parse(args)

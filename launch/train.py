@@ -16,7 +16,7 @@ import gin_cli
 # A CPU-sized run of each domain, named when a config meant for an accelerator starts on a CPU.
 CPU_SIZED = {
     "math": "--gin_file=quickstart.gin",
-    "mle": "python launch/study.py --preset quick --domains mle (a small pretrained model, short scripts)",
+    "mle": "python studies/cpu/run.py --preset quick --domains mle (a small pretrained model, short scripts)",
     "tool_use": ("--gin.loop.RunConfig.prompts_per_iteration=2 --gin.loop.RunConfig.group_size=4 "
                  "--gin.policy.SamplingConfig.max_new_tokens=128"),
 }
@@ -36,7 +36,8 @@ def cpu_notice():
     from exit_jax.models import load_config
     from exit_jax.rl.learner import LearnerConfig
     from exit_jax.sampling import prompt_bucket
-    from exit_jax.training import loop, policy
+    from exit_jax.sampling import text_policy as policy
+    from exit_jax.training import loop
     run, sampling = gin.get_configurable(loop.RunConfig)(), gin.get_configurable(policy.SamplingConfig)()
     learner, config = gin.get_configurable(LearnerConfig)(), load_config(gin.query_parameter("%MODEL"))
     prompts, rows = run.prompts_per_iteration, run.prompts_per_iteration * run.group_size

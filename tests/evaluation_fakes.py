@@ -1,4 +1,5 @@
-"""Shared helpers for the evaluation tests (no tests here): tiny hand-written envs and scripted policies.
+"""Shared helpers for the evaluation tests (no tests here): hand-written tool-use and MLE envs and policies
+scripted for them (the exact-answer env and its tasks are exit_jax.testing's).
 
 The policies are deterministic functions of the conversation they are shown, so the expected curves can be
 computed by hand; they test the evaluation logic, not a model.
@@ -8,29 +9,9 @@ from __future__ import annotations
 import re
 
 from exit_jax.envs.base import Env, StepResult, Task
+from exit_jax.testing import ExactAnswerEnv
 
-SYSTEM = {"role": "system", "content": "You are a careful solver."}
-
-
-class ExactAnswerEnv(Env):
-    """Single turn: reward 1 iff the reply equals the task's answer (after strip)."""
-
-    def reset(self):
-        return [dict(SYSTEM), {"role": "user", "content": self.task.data["question"]}]
-
-    def instruction(self):
-        return self.task.data["question"]
-
-    def step(self, reply):
-        ok = reply.strip() == self.task.data["answer"]
-        return StepResult(messages=[], reward=1.0 if ok else 0.0, done=True,
-                          info={} if ok else {"reason": "wrong answer"})
-
-
-def toy_tasks():
-    return [Task(id="A", domain="toy", data={"question": "What is 2+2?", "answer": "4"}),
-            Task(id="B", domain="toy", data={"question": "What is 3*3?", "answer": "9"})]
-
+SYSTEM = ExactAnswerEnv.SYSTEM
 
 _CURRENT = re.compile(r"## Current response:\n(.*)\Z", re.S)
 
@@ -147,9 +128,9 @@ class ToyMLEEnv(Env):
     anything else crashes with a traceback naming the code. TEST >= 0.6 earns bronze."""
 
     def reset(self):
-        from exit_jax.curriculum import prompts
-        return [{"role": "user", "content": prompts.mle_prompt(
-            prompts.MLE_STARTER_SOLUTION, self.task.data["task_description"],
+        from exit_jax.envs.mle import prompts as mle_prompts
+        return [{"role": "user", "content": mle_prompts.mle_prompt(
+            mle_prompts.MLE_STARTER_SOLUTION, self.task.data["task_description"],
             self.task.data["preview_contents"])}]
 
     def step(self, reply):

@@ -60,7 +60,7 @@ def test_functions_never_mutate_their_input(batches, new):
     buffer.insert(state, [{"x": i} for i in range(len(new))], new, parent=3)
     if buffer.size(state):
         filled = np.flatnonzero(state.filled)
-        buffer.sample(state, np.random.default_rng(0), 5, 10.0, iteration=7)
+        buffer.sample(state, 0, 5, 10.0, iteration=7)
         buffer.update_scores(state, filled[:1], [0.2])
     buffer.probabilities(state, 10.0)
     assert buffer.equal(state, before)
@@ -84,9 +84,8 @@ def test_eviction_rule_replaces_lowest_only_when_not_lower():
 def test_sampling_frequencies_match_softmax_chi_square():
     scores = [0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.25]
     state, _ = buffer.insert(buffer.init(10), [{"i": i} for i in range(8)], scores)
-    rng = np.random.default_rng(1234)
     n = 40_000
-    state2, slots = buffer.sample(state, rng, n, kappa=10.0, iteration=5)
+    state2, slots = buffer.sample(state, 1234, n, kappa=10.0, iteration=5)
     counts = np.bincount(slots, minlength=10)
     assert counts[8:].sum() == 0  # empty slots are never drawn
     p = buffer.probabilities(state, 10.0)[:8]
@@ -116,7 +115,7 @@ def test_checkpoint_round_trip_identical_including_payloads():
                 {"task_id": "t/1", "turns": []}, [1, 2.5, None, True], "plain"]
     state, _ = buffer.insert(state, payloads, [0.1, 0.2, 0.0, 0.25], task_id=[1, 2, 3, 4], depth=2, turn=1,
                              parent=[-1, 0, 1, 1], created_at=7)
-    state, _ = buffer.sample(state, np.random.default_rng(0), 3, iteration=8)
+    state, _ = buffer.sample(state, 0, 3, iteration=8)
     restored = buffer.from_bytes(buffer.to_bytes(state))
     assert buffer.equal(restored, state)
     assert all(getattr(restored, f).dtype == getattr(state, f).dtype
@@ -139,6 +138,6 @@ def test_bad_input_gets_one_clear_error():
     with pytest.raises(ValueError, match="Unknown buffer metadata"):
         buffer.insert(buffer.init(2), [{}], [0.1], colour=3)
     with pytest.raises(ValueError, match="empty buffer"):
-        buffer.sample(buffer.init(2), np.random.default_rng(0), 1)
+        buffer.sample(buffer.init(2), 0, 1)
     with pytest.raises(ValueError, match="slot 1 is empty"):
         buffer.payload(buffer.init(2), 1)

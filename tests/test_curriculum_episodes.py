@@ -10,6 +10,7 @@ import pytest
 import scipy.stats
 
 from exit_jax.curriculum import buffer, episodes, prompts, stats
+from exit_jax.envs.mle import prompts as mle_prompts
 from exit_jax.curriculum.config import CurriculumConfig, preset
 from exit_jax.envs.base import Env, StepResult, Task
 
@@ -110,14 +111,14 @@ def test_mle_template_debug_and_diverge():
     failed = [turn("import x", depth=0, score=0.0, failed=True, feedback="ModuleNotFoundError: x")]
     ep = episodes.replay_episode(task, make_env, cfg, failed, 1, "improve")
     assert ep.debug and ep.error_trace == "ModuleNotFoundError: x" and ep.previous_score == 0.0
-    assert ep.prompt[-1]["content"] == prompts.mle_prompt("import x", "Classify digits.", "train.csv: ...",
-                                                          goal="debug", error_trace="ModuleNotFoundError: x")
+    assert ep.prompt[-1]["content"] == mle_prompts.mle_prompt("import x", "Classify digits.", "train.csv: ...",
+                                                              goal="debug", error_trace="ModuleNotFoundError: x")
     ok = [turn("print(1)", depth=1, score=0.4)]
     imp = episodes.replay_episode(task, make_env, cfg, ok, 1, "improve")
     assert not imp.debug and imp.previous_score == 0.4 and imp.depth == 2
-    assert prompts.MLE_GOALS["improve"] in imp.prompt[-1]["content"]
+    assert mle_prompts.MLE_GOALS["improve"] in imp.prompt[-1]["content"]
     div = episodes.replay_episode(task, make_env, cfg, failed, 1, "diverge")
-    assert not div.debug and prompts.MLE_GOALS["diverge"] in div.prompt[-1]["content"]
+    assert not div.debug and mle_prompts.MLE_GOALS["diverge"] in div.prompt[-1]["content"]
     assert "ModuleNotFoundError" not in div.prompt[-1]["content"]
     # MLE improve steps earn r_imp against the stored r_{k-1}.
     got = episodes.group_rewards(imp, [episodes.Rollout(("a",), 0.7), episodes.Rollout(("b",), 0.1)], cfg)
@@ -133,11 +134,16 @@ def _filled_buffer(n, capacity=64, depth=0):
     return state
 
 
+def _record(state, eps, groups, cfg, iteration):
+    rewards = [episodes.group_rewards(ep, g, cfg) for ep, g in zip(eps, groups)]
+    return episodes.record(state, eps, groups, rewards, cfg, iteration)
+
+
 def test_episode_frequencies_match_p_and_p_div():
     cfg = CurriculumConfig(replay_prob=0.3, p_div=0.4, b_min=10, capacity=64)
     state = _filled_buffer(20)
     n = 3000
-    new_state, eps = episodes.plan(state, np.random.default_rng(7), ADD_TASKS, make_env, cfg, n, iteration=3)
+    new_state, eps = episodes.select(state, 7, ADD_TASKS, make_env, cfg, n, iteration=3)
     replays = [e for e in eps if e.kind == "replay"]
     diverge = sum(e.step == "diverge" for e in replays)
     assert scipy.stats.binomtest(len(replays), n, 0.3).pvalue > 1e-3
@@ -146,44 +152,46 @@ def test_episode_frequencies_match_p_and_p_div():
     assert new_state.times_sampled.sum() == len(replays) and buffer.size(new_state) == 20
     assert {e.task.id for e in eps if e.kind == "base"} == {t.id for t in ADD_TASKS}
     # Below B_min nothing is replayed; GRPO never replays; Curriculum replays without self-iteration.
-    _, eps = episodes.plan(_filled_buffer(9), np.random.default_rng(0), ADD_TASKS, make_env, cfg, 50)
+    _, eps = episodes.select(_filled_buffer(9), 0, ADD_TASKS, make_env, cfg, 50)
     assert all(e.kind == "base" for e in eps)
-    _, eps = episodes.plan(state, np.random.default_rng(0), ADD_TASKS, make_env, preset("math", "grpo"), 50)
+    _, eps = episodes.select(state, 0, ADD_TASKS, make_env, preset("math", "grpo"), 50)
     assert all(e.kind == "base" for e in eps)
     cur = CurriculumConfig(replay_prob=1.0, b_min=1, capacity=64, self_iterate=False)
-    _, eps = episodes.plan(state, np.random.default_rng(0), ADD_TASKS, make_env, cur, 50)
+    _, eps = episodes.select(state, 0, ADD_TASKS, make_env, cur, 50)
     assert all(e.step == "curriculum" and e.previous_response is None for e in eps)
 
 
-def test_plan_is_deterministic_given_the_seed():
-    # Every host of a multi-host run makes the same buffer decisions from the same seed.
+def test_select_is_a_function_of_its_seed():
+    # Every host of a multi-host run makes the same buffer decisions from the same seed, and an
+    # iteration's draws come from (run seed, iteration) alone: nothing random is carried between them.
     cfg = CurriculumConfig(replay_prob=0.5, p_div=0.5, b_min=1, capacity=64)
-    runs = [episodes.plan(_filled_buffer(20), np.random.default_rng(11), ADD_TASKS, make_env, cfg, 40, 2)
-            for _ in range(2)]
+    runs = [episodes.select(_filled_buffer(20), (11, 2), ADD_TASKS, make_env, cfg, 40, 2) for _ in range(2)]
     assert runs[0][1] == runs[1][1] and buffer.equal(runs[0][0], runs[1][0])
+    other = episodes.select(_filled_buffer(20), (11, 3), ADD_TASKS, make_env, cfg, 40, 2)
+    assert other[1] != runs[0][1]
 
 
-def test_plan_picks_a_uniform_turn_prefix():
+def test_select_picks_a_uniform_turn_prefix():
     entry = {"task_id": COUNT.id, "turns": [turn("1"), turn("2", 1), turn("1")]}
     state, _ = buffer.insert(buffer.init(4), [entry], [0.1])
     cfg = CurriculumConfig(replay_prob=1.0, b_min=1, capacity=4)
-    _, eps = episodes.plan(state, np.random.default_rng(0), [COUNT], make_env, cfg, 900)
+    _, eps = episodes.select(state, 0, [COUNT], make_env, cfg, 900)
     counts = np.bincount([e.start_turn for e in eps], minlength=4)[1:]
     assert scipy.stats.chisquare(counts).pvalue > 1e-3
     assert {(e.start_turn, e.sampled_depth, e.depth) for e in eps} == {(1, 0, 1), (2, 1, 2), (3, 0, 1)}
 
 
-def test_update_overwrites_selected_score_and_inserts_children():
+def test_record_overwrites_selected_score_and_inserts_children():
     cfg = CurriculumConfig(replay_prob=1.0, b_min=1, capacity=32)
     entry = {"task_id": COUNT.id, "turns": [turn("1"), turn("2"), turn("1")]}
     state, _ = buffer.insert(buffer.init(32), [entry], [0.2], task_id=episodes.task_key(COUNT.id), turn=3)
-    state, (ep,) = episodes.plan(state, np.random.default_rng(3), [COUNT], make_env, cfg, 1, iteration=4)
+    state, (ep,) = episodes.select(state, 3, [COUNT], make_env, cfg, 1, iteration=4)
     ep = episodes.replay_episode(COUNT, make_env, cfg, buffer.payload(state, 0)["turns"], 2, "improve",
                                  slot=ep.slot, parent_uid=ep.parent_uid)
     base = episodes.base_episode(ADD_TASKS[1], make_env)
     groups = [[episodes.Rollout(("2", "1"), 1.0), episodes.Rollout(("5", "1"), 0.0)],
               [episodes.Rollout(("3",), 1.0)] * 4]
-    new, scores = episodes.update(state, [ep, base], groups, cfg, iteration=4)
+    new, scores = _record(state, [ep, base], groups, cfg, iteration=4)
     assert scores.tolist() == [0.25, 0.0]
     assert new.scores[0] == 0.25  # the replayed entry gets the fresh S, no smoothing
     assert buffer.size(new) == 1 + 2 * 2 + 4  # prefixes ending at turns 2 and 3 per rollout; base: 1 each
@@ -198,7 +206,7 @@ def test_update_overwrites_selected_score_and_inserts_children():
     assert state.scores[0] == 0.2
     # GRPO keeps no buffer.
     grpo = preset("math", "grpo")
-    same, _ = episodes.update(buffer.init(1), [base], [groups[1]], grpo, 0)
+    same, _ = _record(buffer.init(1), [base], [groups[1]], grpo, 0)
     assert buffer.size(same) == 0
 
 
@@ -206,9 +214,9 @@ def test_curriculum_stores_each_starting_point_once():
     cfg = CurriculumConfig(replay_prob=0.5, b_min=1, capacity=8, self_iterate=False)
     base = episodes.base_episode(ADD_TASKS[0], make_env)
     group = [episodes.Rollout((str(i),), float(i % 2)) for i in range(8)]
-    state, _ = episodes.update(buffer.init(8), [base, base], [group, group], cfg, 0)
+    state, _ = _record(buffer.init(8), [base, base], [group, group], cfg, 0)
     assert buffer.size(state) == 1 and state.scores[0] == 0.25
-    state, _ = episodes.update(state, [base], [[episodes.Rollout(("0",), 1.0)] * 8], cfg, 1)
+    state, _ = _record(state, [base], [[episodes.Rollout(("0",), 1.0)] * 8], cfg, 1)
     assert buffer.size(state) == 1 and state.scores[0] == 0.0  # re-scored, not duplicated
 
 
@@ -218,13 +226,13 @@ def test_end_to_end_iterations_and_stats():
     rng = np.random.default_rng(0)
     state, seen = buffer.init(cfg.capacity), frozenset()
     for it in range(6):
-        state, eps = episodes.plan(state, rng, ADD_TASKS, make_env, cfg, 4, iteration=it)
+        state, eps = episodes.select(state, (0, it), ADD_TASKS, make_env, cfg, 4, iteration=it)
         groups = []
         for ep in eps:
             answer = str(ep.task.data["a"] + ep.task.data["b"])
             replies = [answer if rng.random() < 0.5 else "0" for _ in range(4)]
             groups.append([episodes.Rollout((r,), make_env(ep.task).step(r).reward) for r in replies])
-        state, s = episodes.update(state, eps, groups, cfg, iteration=it)
+        state, s = _record(state, eps, groups, cfg, iteration=it)
         seen = stats.update_seen(seen, eps)
         st = stats.iteration_stats(state, eps, it, seen, s)
         assert st["curriculum/buffer_size"] == buffer.size(state) <= 16

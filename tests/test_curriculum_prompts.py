@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from exit_jax.curriculum import config, prompts, rewards
+from exit_jax.envs.mle import prompts as mle_prompts
 
 # The paper's text, typed from Appendix B / docs/paper.md §4 (not generated from prompts.py).
 PAPER_IMPROVE = (
@@ -66,10 +67,10 @@ def test_generic_templates_are_the_papers_text():
 
 @pytest.mark.parametrize("goal", ["improve", "debug", "diverge"])
 def test_mle_template_is_the_papers_text(goal):
-    assert prompts.MLE_GOALS[goal] == PAPER_GOALS[goal]
+    assert mle_prompts.MLE_GOALS[goal] == PAPER_GOALS[goal]
     code = "def main():\n    print({'a': 1})"
-    text = prompts.mle_prompt(code, "Predict y.", "train.csv: a,b\n1,2", goal=goal,
-                              error_trace="Traceback: KeyError 'y'")
+    text = mle_prompts.mle_prompt(code, "Predict y.", "train.csv: a,b\n1,2", goal=goal,
+                                  error_trace="Traceback: KeyError 'y'")
     debug = ("\n\nRunning the current solution.py failed with this error:\n```\nTraceback: KeyError 'y'\n```"
              if goal == "debug" else "")
     expected = (PAPER_MLE_HEAD + code + "\n```" + debug + "\n\n" + PAPER_GOALS[goal]
@@ -79,12 +80,12 @@ def test_mle_template_is_the_papers_text(goal):
 
 
 def test_mle_starter_and_errors():
-    starter = prompts.MLE_STARTER_SOLUTION
+    starter = mle_prompts.MLE_STARTER_SOLUTION
     assert "def main():" in starter and "PUBLIC_RESOURCE_PATH" in starter
     compile(starter, "solution.py", "exec")
-    assert prompts.debug_info("") == ""
+    assert mle_prompts.debug_info("") == ""
     with pytest.raises(ValueError, match="MLE goal"):
-        prompts.mle_prompt("", "", "", goal="fix")
+        mle_prompts.mle_prompt("", "", "", goal="fix")
     with pytest.raises(ValueError, match="missing"):
         prompts.render(prompts.IMPROVE_TEMPLATE, {"instruction": "x"})
 

@@ -2,10 +2,12 @@
 import dataclasses
 import importlib.util
 
+import chex
 import numpy as np
 import pytest
 
 from exit_jax.curriculum import diversity, embedders
+from exit_jax.testing import ByteTokenizer
 
 
 def test_eq6_on_hand_made_embeddings():
@@ -55,33 +57,25 @@ def test_minilm_matches_sentence_transformers_reference():
     assert abs(e[0] @ e[2]) < 0.3
 
 
-class _ByteTokenizer:
-    def encode(self, text):
-        return [b % 256 for b in text.encode("utf-8")]
-
-
-@dataclasses.dataclass
-class _Policy:
-    config: object
-    params: object
-    tokenizer: object
-
-
 def test_policy_hidden_mean_pools_unpadded_states():
     import jax
 
     from exit_jax.models import config as model_config, transformer
 
     cfg = dataclasses.replace(model_config.PRESETS["tiny"], num_layers=1)  # fewer ops to compile
-    policy = _Policy(cfg, transformer.init_params(cfg, seed=0), _ByteTokenizer())
-    emb = embedders.PolicyHidden(policy)
+    params = transformer.init_params(cfg, seed=0)
+    emb = embedders.PolicyHidden(cfg, ByteTokenizer(), params)
     texts = ["ab", "a longer response with more tokens"]
     e = emb.embed(texts)
-    assert e.shape == (2, cfg.hidden_size) and e.dtype == np.float32
+    chex.assert_shape(e, (2, cfg.hidden_size))
+    chex.assert_type(e, np.float32)
     # Reference: each text alone, unpadded, through the decoder's own forward pass.
     reference = jax.jit(lambda p, t: transformer.forward(p, cfg, t, return_hidden=True)[1])
     for row, text in enumerate(texts):
-        hidden = reference(policy.params, np.asarray([_ByteTokenizer().encode(text)], np.int32))
+        hidden = reference(params, np.asarray([ByteTokenizer().encode(text)], np.int32))
         np.testing.assert_allclose(e[row], np.asarray(hidden)[0].mean(0), rtol=1e-4, atol=1e-5)
+    # The loop builds one per iteration with that iteration's params: one compiled forward serves them all.
+    moved = embedders.PolicyHidden(cfg, ByteTokenizer(), jax.tree.map(lambda x: x + 0.01, params)).embed(texts)
+    assert not np.allclose(moved, e) and embedders._hidden_states(cfg, None)._cache_size() == 1
     with pytest.raises(ValueError, match="Unknown embedder"):
         embedders.make("bert")

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from exit_jax.curriculum import prompts
+from exit_jax.envs.mle import prompts as mle_prompts
 from exit_jax.evaluation import eval_json
 from exit_jax.evaluation.greedy_search import Node, best_index, greedy_search, next_action
 from tests.evaluation_fakes import ScriptedSearcher, ToyMLEEnv, mle_task
@@ -14,7 +14,7 @@ BEST = "VAL=0.8 TEST=0.7 PRINT=0.2"
 
 
 def _script():
-    return {("improve", prompts.MLE_STARTER_SOLUTION): ["CRASH a"],
+    return {("improve", mle_prompts.MLE_STARTER_SOLUTION): ["CRASH a"],
             ("debug", "CRASH a"): [GOOD],
             ("improve", GOOD): [FLASHY, "CRASH b"],
             ("debug", "CRASH b"): [BEST]}
@@ -116,7 +116,7 @@ def test_real_mle_lite_search_lower_is_better(tmp_path, monkeypatch):
              "pd.DataFrame({'id': te['id'], 'target': m.predict(te.drop(columns=['id']))})"
              ".to_csv('submission.csv', index=False)\nprint('validation rmse: 0.0')\n")
     good, poor = ridge.replace("ALPHA", "1.0"), ridge.replace("ALPHA", "1000.0")
-    policy = ScriptedSearcher({("improve", prompts.MLE_STARTER_SOLUTION): ["raise ValueError('boom')"],
+    policy = ScriptedSearcher({("improve", mle_prompts.MLE_STARTER_SOLUTION): ["raise ValueError('boom')"],
                                ("debug", "raise ValueError('boom')"): [good],
                                ("improve", good): [poor]})
     pool = sandbox.WarmPool(max_workers=1)

@@ -7,7 +7,8 @@ import pytest
 
 from exit_jax.evaluation import compare, eval_json, plots, self_improve
 from exit_jax.training.metrics import MetricsWriter
-from tests.evaluation_fakes import ExactAnswerEnv, ScriptedImprover, toy_tasks
+from exit_jax.testing import ExactAnswerEnv, exact_answer_tasks as toy_tasks
+from tests.evaluation_fakes import ScriptedImprover
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

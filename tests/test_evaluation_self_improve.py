@@ -5,7 +5,10 @@ import pytest
 from exit_jax.curriculum import episodes, prompts
 from exit_jax.curriculum.config import CurriculumConfig
 from exit_jax.evaluation import self_improve
-from tests.evaluation_fakes import ExactAnswerEnv, ScriptedImprover, SYSTEM, toy_tasks
+from exit_jax.testing import ExactAnswerEnv, exact_answer_tasks as toy_tasks
+from tests.evaluation_fakes import ScriptedImprover
+
+SYSTEM = ExactAnswerEnv.SYSTEM
 
 
 def test_curves_and_net_corrections_match_hand_computation():

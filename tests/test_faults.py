@@ -14,15 +14,16 @@ import pytest
 from exit_jax.curriculum.config import preset
 from exit_jax.rl import learner as learner_lib
 from exit_jax.rl.learner import LearnerConfig
-from exit_jax.training import checkpointing, domains, loop
+from exit_jax.envs import domains
+from exit_jax.training import checkpointing, loop
 from exit_jax.training.metrics import MetricsWriteError, read_metrics
-from exit_jax.training.policy import SamplingConfig
+from exit_jax.sampling.text_policy import SamplingConfig
 from test_training import SMOKE_LEARNER as LEARNER, SMOKE_SAMPLING as SAMPLING, _stable as _stable_records
 
 
 @pytest.fixture(scope="module")
 def math_domain():
-    return domains.math(num_train=24, num_eval=4, levels=(1, 2))
+    return domains.math_domain(num_train=24, num_eval=4, levels=(1, 2))
 
 
 def _train(workdir, domain, learner=LEARNER, iterations=4, **run):
@@ -127,8 +128,8 @@ def test_a_run_whose_updates_are_all_skipped_stops_with_one_sentence(tmp_path, m
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CLI = ["--gin_file=math.gin", "--gin_file=smoke.gin", "--gin.domains.math.num_train=24",
-       "--gin.loop.train.evaluate_at_end=None", "--gin.loop.RunConfig.checkpoint_every=2"]
+CLI = ["--gin_file=math.gin", "--gin_file=smoke.gin", "--gin.domains.math_domain.num_train=24",
+       "--gin.loop.train.evaluate=None", "--gin.loop.RunConfig.checkpoint_every=2"]
 
 
 @pytest.fixture(scope="module")

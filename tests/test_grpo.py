@@ -73,12 +73,13 @@ def test_bad_arguments_raise_one_clear_error():
     with pytest.raises(ValueError, match="shape"):
         grpo.group_advantages(np.zeros(4))
     with pytest.raises(ValueError, match="aggregation"):
-        grpo.policy_loss(jnp.zeros((1, 2)), jnp.zeros((1, 2)), jnp.zeros(1), jnp.ones((1, 2)),
-                         aggregation="mean")
+        grpo.LossConfig(aggregation="mean")
     with pytest.raises(ValueError, match="kl_estimator"):
         grpo.kl_penalty(jnp.zeros(2), jnp.zeros(2), "k4")
+    with pytest.raises(ValueError, match="kl_estimator"):
+        grpo.LossConfig(kl_estimator="k4")
     with pytest.raises(ValueError, match="advantages"):
-        grpo.policy_loss(jnp.zeros((2, 2)), jnp.zeros((2, 2)), jnp.zeros(3), jnp.ones((2, 2)))
+        grpo.policy_loss(grpo.LossInputs(jnp.zeros((2, 2)), jnp.zeros((2, 2)), jnp.zeros(3), jnp.ones((2, 2))))
 
 
 # Two rollouts, old log-probs 0. Sample 0 (A=+1) has ratios 1.5 (clipped to 1.2), 0.5, 1.0; sample 1
@@ -89,9 +90,10 @@ MASK = np.array([[1, 1, 1], [1, 1, 0]], np.float32)
 ADV = np.array([1.0, -1.0], np.float32)
 
 
-def _loss(aggregation, **kw):
+def _loss(aggregation, max_length=None, **inputs):
     logp = jnp.log(jnp.asarray(RATIOS))
-    return grpo.policy_loss(logp, jnp.zeros_like(logp), ADV, MASK, aggregation=aggregation, **kw)
+    return grpo.policy_loss(grpo.LossInputs(logp, jnp.zeros_like(logp), ADV, MASK, **inputs),
+                            grpo.LossConfig(aggregation=aggregation, max_length=max_length))
 
 
 @pytest.mark.parametrize("aggregation,want", [
@@ -118,8 +120,8 @@ def test_dr_grpo_defaults_to_the_batch_length():
 def test_gradient_is_zero_exactly_where_clipping_is_active():
     logp = jnp.log(jnp.asarray(RATIOS))
     for aggregation in grpo.AGGREGATIONS:
-        g = jax.grad(lambda lp: grpo.policy_loss(lp, jnp.zeros_like(lp), ADV, MASK,
-                                                 aggregation=aggregation)[0])(logp)
+        g = jax.grad(lambda lp: grpo.policy_loss(grpo.LossInputs(lp, jnp.zeros_like(lp), ADV, MASK),
+                                                 grpo.LossConfig(aggregation=aggregation))[0])(logp)
         g = np.asarray(g)
         clipped = np.array([[1, 0, 0], [0, 1, 0]], bool)
         assert np.all(g[clipped] == 0.0) and np.all(g[MASK == 0] == 0.0)
@@ -137,8 +139,8 @@ def test_gradient_is_zero_exactly_where_clipping_is_active():
 def test_kl_estimators_hand_values(estimator, want):
     logp = jnp.array([[-1.0, -1.0]])
     ref = logp + jnp.array([[math.log(2), -math.log(2)]])  # pi_ref / pi_theta = 2 and 1/2
-    loss, m = grpo.policy_loss(logp, logp, jnp.zeros(1), jnp.ones((1, 2)), ref_logprobs=ref,
-                               kl_beta=0.1, kl_estimator=estimator)
+    loss, m = grpo.policy_loss(grpo.LossInputs(logp, logp, jnp.zeros(1), jnp.ones((1, 2)), ref_logprobs=ref),
+                               grpo.LossConfig(kl_beta=0.1, kl_estimator=estimator))
     np.testing.assert_allclose(m["kl"], want, atol=1e-6)
     np.testing.assert_allclose(loss, 0.1 * want, atol=1e-7)  # zero advantage: only beta * KL
     assert float(m["pg_loss"]) == 0.0
@@ -156,15 +158,16 @@ def test_multiplier_sample_mask_entropy_and_zero_variance_metric():
     _, m = _loss("token_mean", entropy=entropy)
     np.testing.assert_allclose(m["entropy"], 3.0, rtol=1e-6)  # padding excluded
     adv = jnp.array([0.0, 0.0, 1.0, -1.0, 0.0, 0.0])
-    _, m = grpo.policy_loss(jnp.zeros((6, 2)), jnp.zeros((6, 2)), adv, jnp.ones((6, 2)), group_size=2)
+    _, m = grpo.policy_loss(grpo.LossInputs(jnp.zeros((6, 2)), jnp.zeros((6, 2)), adv, jnp.ones((6, 2))),
+                            grpo.LossConfig(group_size=2))
     np.testing.assert_allclose(m["zero_variance_frac"], 2 / 3, rtol=1e-6)
 
 
 def test_global_normalisers_make_micro_batches_add_up():
     logp = jnp.log(jnp.asarray(RATIOS))
     for aggregation in grpo.AGGREGATIONS:
-        whole, _ = grpo.policy_loss(logp, jnp.zeros_like(logp), ADV, MASK, aggregation=aggregation)
-        parts = sum(grpo.policy_loss(logp[i:i + 1], jnp.zeros((1, 3)), ADV[i:i + 1], MASK[i:i + 1],
-                                     aggregation=aggregation, num_sequences=2.0,
-                                     num_tokens=5.0)[0] for i in range(2))
+        config = grpo.LossConfig(aggregation=aggregation)
+        whole, _ = grpo.policy_loss(grpo.LossInputs(logp, jnp.zeros_like(logp), ADV, MASK), config)
+        parts = sum(grpo.policy_loss(grpo.LossInputs(logp[i:i + 1], jnp.zeros((1, 3)), ADV[i:i + 1], MASK[i:i + 1]),
+                                     config, num_sequences=2.0, num_tokens=5.0)[0] for i in range(2))
         np.testing.assert_allclose(parts, whole, rtol=1e-6)

@@ -24,7 +24,7 @@ from exit_jax.rl.learner import LearnerConfig
 
 MC = dataclasses.replace(preset("tiny"), num_layers=1, name="tiny-1-layer")  # halves compile time
 B, L = 8, 16
-logprobs_fn = jax.jit(learner.token_logprobs, static_argnames=("model_config", "with_entropy"))
+logprobs_fn = jax.jit(learner.sequence_logprobs, static_argnames=("model_config", "with_entropy"))
 
 
 def make_batch(params, seed=0, noise=0.2):
@@ -71,7 +71,7 @@ def params():
 def test_token_logprobs_align_with_forward_and_ignore_left_padding(params):
     tokens = jnp.array([[0, 0, 5, 6, 7, 8], [5, 6, 7, 8, 9, 10]], jnp.int32)
     mask = jnp.array([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]], bool)
-    logp, ent = learner.token_logprobs(params, MC, tokens, mask, temperature=0.7, with_entropy=True)
+    logp, ent = learner.sequence_logprobs(params, MC, tokens, mask, temperature=0.7, with_entropy=True)
     chex.assert_shape([logp, ent], (2, 6))
     logits = transformer.forward(params, MC, tokens, mask) / 0.7
     want = jax.nn.log_softmax(logits, -1)[1, 3, 9]  # token at t=4 is scored by the logits at t=3
@@ -91,9 +91,10 @@ def test_micro_batched_update_equals_whole_batch_gradient_step(params):
     ref_logp, _ = logprobs_fn(params, MC, batch["tokens"], batch["input_mask"])
 
     def full_loss(p):  # paper Eq. 4 on the whole batch at once
-        logp, _ = learner.token_logprobs(p, MC, batch["tokens"], batch["input_mask"])
-        return grpo.policy_loss(logp, batch["old_logprobs"], batch["advantages"],
-                                batch["completion_mask"], ref_logp, kl_beta=cfg.kl_beta)[0]
+        logp, _ = learner.sequence_logprobs(p, MC, batch["tokens"], batch["input_mask"])
+        return grpo.policy_loss(grpo.LossInputs(logp, batch["old_logprobs"], batch["advantages"],
+                                                batch["completion_mask"], ref_logp),
+                                grpo.LossConfig(kl_beta=cfg.kl_beta))[0]
 
     loss, grads = jax.jit(jax.value_and_grad(full_loss))(params)
     opt = learner.make_optimizer(cfg)
@@ -120,7 +121,7 @@ def test_completion_window_batch_equals_full_width_batch(params):
     assert max_diff(parallel.host_params(win_state, cfg), parallel.host_params(full_state, cfg)) < 1e-6
     for k in ("loss", "kl", "entropy", "ratio_mean", "grad_norm"):
         np.testing.assert_allclose(win[k], full[k], rtol=1e-5, err_msg=k)
-    logp, _ = learner.token_logprobs(params, MC, batch["tokens"], batch["input_mask"], width=w)
+    logp, _ = learner.sequence_logprobs(params, MC, batch["tokens"], batch["input_mask"], width=w)
     np.testing.assert_allclose(logp, logprobs_fn(
         params, MC, batch["tokens"], batch["input_mask"])[0][:, L - w:], atol=1e-6)
     with pytest.raises(ValueError, match="last W <= L columns"):
@@ -243,7 +244,7 @@ def test_remat_policies_and_the_compute_copy_leave_the_gradients_unchanged(param
         LearnerConfig(remat_policy="some")
 
     def loss(p):
-        logp, _ = learner.token_logprobs(p, MC, batch["tokens"], batch["input_mask"], dtype=jnp.bfloat16)
+        logp, _ = learner.sequence_logprobs(p, MC, batch["tokens"], batch["input_mask"], dtype=jnp.bfloat16)
         return jnp.sum(logp * batch["completion_mask"])
     grad = jax.jit(jax.grad(loss))
     g32, glow = grad(params), grad(learner._compute_copy(params, jnp.bfloat16))
@@ -289,8 +290,8 @@ def test_tensor_parallel_meshes_and_splash_attention_give_the_single_device_upda
     params = transformer.init_params(mc, seed=1)
     tokens, mask = make_batch(params)["tokens"], make_batch(params)["input_mask"]
     batch = make_batch(params)
-    dense, _ = learner.token_logprobs(params, mc, tokens, mask)
-    splash, _ = learner.token_logprobs(params, mc, tokens, mask, attention="splash_interpret")
+    dense, _ = learner.sequence_logprobs(params, mc, tokens, mask)
+    splash, _ = learner.sequence_logprobs(params, mc, tokens, mask, attention="splash_interpret")
     real = mask & np.roll(mask, 1, axis=1)  # tokens whose predictor is a real token
     np.testing.assert_allclose(np.asarray(splash)[real], np.asarray(dense)[real], atol=1e-5)
     out = {}
@@ -323,7 +324,7 @@ def test_vocab_chunks_give_the_same_logprobs_entropy_and_gradients(params):
     args = (MC, batch["tokens"], batch["input_mask"])
 
     def loss(p, chunk):
-        logp, ent = learner.token_logprobs(p, *args, temperature=0.7, with_entropy=True, width=10,
+        logp, ent = learner.sequence_logprobs(p, *args, temperature=0.7, with_entropy=True, width=10,
                                            vocab_chunk=chunk)
         return jnp.sum(logp * batch["completion_mask"][:, -10:]), (logp, ent)
 

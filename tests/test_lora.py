@@ -66,7 +66,7 @@ def test_sampler_logprobs_unmerged_and_merged_match_the_learner(params):
     np.testing.assert_allclose(out.logprobs, merged.logprobs, atol=2e-5)
     # The learner scores the sampled tokens as the sampler drew them.
     row = list(prompts[0]) + out.tokens[0, 0].tolist()
-    logp, _ = learner.token_logprobs(combined, MC, jnp.asarray([row], jnp.int32), jnp.ones((1, len(row)), bool),
+    logp, _ = learner.sequence_logprobs(combined, MC, jnp.asarray([row], jnp.int32), jnp.ones((1, len(row)), bool),
                                      width=8, lora=cfg)
     np.testing.assert_allclose(logp[0], out.logprobs[0, 0], atol=2e-5)
 
@@ -158,12 +158,13 @@ def test_dropout_draws_differ_by_step_and_bad_settings_are_refused(params):
 def test_lora_run_resumes_exactly_checkpoints_adapters_only_and_exports(tmp_path):
     from exit_jax import models
     from exit_jax.curriculum.config import preset as curriculum_preset
-    from exit_jax.training import domains, loop
+    from exit_jax.envs import domains
+    from exit_jax.training import loop
     from exit_jax.training.metrics import read_metrics
-    from exit_jax.training.policy import SamplingConfig
+    from exit_jax.sampling.text_policy import SamplingConfig
     from test_training import VOLATILE
 
-    domain = domains.math(num_train=24, num_eval=4, levels=(1, 2))
+    domain = domains.math_domain(num_train=24, num_eval=4, levels=(1, 2))
     cfg = LearnerConfig(learning_rate=1e-2, warmup_steps=0, kl_beta=0.01, lora_rank=4, lora_alpha=8.0,
                         lora_targets=("q", "v", "up"))
 

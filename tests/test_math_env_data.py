@@ -76,11 +76,11 @@ def test_load_jsonl_and_parquet(tmp_path):
 
 
 def test_the_math_domain_trains_and_evaluates_on_a_users_files(tmp_path, grader):
-    """domains.math(train_file=..., eval_file=...), the gin path --gin.domains.math.train_file=...: the
+    """domains.math_domain(train_file=..., eval_file=...), the gin path --gin.domains.math_domain.train_file=...: the
     records become tasks that environments can grade."""
-    from exit_jax.training import domains
+    from exit_jax.envs import domains
     path = _write_jsonl(tmp_path / "mine.jsonl", RECORDS)
-    domain = domains.math(num_train=2, num_eval=3, train_file=path, eval_file=path)
+    domain = domains.math_domain(num_train=2, num_eval=3, train_file=path, eval_file=path)
     assert [t.id for t in domain.train_tasks] == ["mine/0", "mine/1"] and len(domain.eval_tasks) == 3
     env = MathEnv(domain.train_tasks[0], grader=grader)
     env.reset()
@@ -171,13 +171,13 @@ ToyGsm(data_dir=DATA_DIR, file_format="array_record").download_and_prepare()
 
 
 def test_a_users_tfds_dataset_is_selectable_from_gin_without_tensorflow(tmp_path):
-    """A prepared tensorflow-datasets build (GSM8K's fields, array_record) is read by domains.math from
-    its folder, as --gin.domains.math.train_file=... --gin.domains.math.problem_field="question" would."""
+    """A prepared tensorflow-datasets build (GSM8K's fields, array_record) is read by domains.math_domain from
+    its folder, as --gin.domains.math_domain.train_file=... --gin.domains.math_domain.problem_field="question" would."""
     data_dir = str(tmp_path / "tfds")
     code = (f"DATA_DIR = {data_dir!r}\n" + _GSM_BUILDER +
-            "import json, sys\nfrom exit_jax.training import domains\n"
-            f"d = domains.math(train_file={data_dir + '/toy_gsm/1.0.0'!r}, eval_file={data_dir + '/toy_gsm/1.0.0'!r},"
-            " problem_field='question')\n"
+            "import json, sys\nfrom exit_jax.envs import domains\n"
+            f"d = domains.math_domain(train_file={data_dir + '/toy_gsm/1.0.0'!r},"
+            f" eval_file={data_dir + '/toy_gsm/1.0.0'!r}, problem_field='question')\n"
             "print(json.dumps([[t.id, t.data['problem'], t.data['answer']] for t in d.train_tasks + d.eval_tasks]))\n"
             "print('tensorflow' in sys.modules)\n")
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

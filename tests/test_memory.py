@@ -63,7 +63,7 @@ def test_blockwise_model_update_matches_dense_and_keeps_no_square_scores():
     mask = jnp.asarray(np.arange(t)[None] >= 200)  # 200 tokens of left padding
 
     def loss(p, attention):
-        logp, _ = learner.token_logprobs(p, cfg, tokens, mask, width=w, attention=attention)
+        logp, _ = learner.sequence_logprobs(p, cfg, tokens, mask, width=w, attention=attention)
         return jnp.sum(logp), logp
 
     out, temps = {}, {}
@@ -91,7 +91,7 @@ def test_row_estimate_agrees_with_the_compiler(layers, length):
 
     def temp(rows):
         spec = jax.ShapeDtypeStruct((rows, length), jnp.int32), jax.ShapeDtypeStruct((rows, length), bool)
-        grad = jax.grad(lambda p, x, m: learner.token_logprobs(p, cfg, x, m, width=width, with_entropy=True,
+        grad = jax.grad(lambda p, x, m: learner.sequence_logprobs(p, cfg, x, m, width=width, with_entropy=True,
                                                                attention="blockwise")[0].sum())
         return jax.jit(grad).lower(params, *spec).compile().memory_analysis().temp_size_in_bytes
 

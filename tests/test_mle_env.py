@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from exit_jax.curriculum import prompts
+from exit_jax.envs.mle import prompts as mle_prompts
 from exit_jax.envs.base import Task, replay
 from exit_jax.envs.mle import lite, sandbox
 from exit_jax.envs.mle.env import MLEEnv, extract_code
@@ -43,12 +43,12 @@ def test_reset_renders_the_paper_prompt(wine):
     env = MLEEnv(wine.as_task())
     text = env.reset()[0]["content"]
     assert text.startswith("You are a Kaggle grandmaster.")
-    assert prompts.MLE_GOALS["improve"] in text and wine.description in text
-    assert env.initial_solution() == prompts.MLE_STARTER_SOLUTION and "PUBLIC_RESOURCE_PATH" in text
+    assert mle_prompts.MLE_GOALS["improve"] in text and wine.description in text
+    assert env.initial_solution() == mle_prompts.MLE_STARTER_SOLUTION and "PUBLIC_RESOURCE_PATH" in text
     assert "-> train.csv" in text and env.instruction() == wine.description
     debug = MLEEnv(wine.as_task(), goal="debug", previous_solution="print(1/0)",
                    error_trace="ZeroDivisionError: division by zero").reset()[0]["content"]
-    assert prompts.MLE_GOALS["debug"] in debug and "ZeroDivisionError" in debug and "print(1/0)" in debug
+    assert mle_prompts.MLE_GOALS["debug"] in debug and "ZeroDivisionError" in debug and "print(1/0)" in debug
     with pytest.raises(ValueError, match="goal"):
         MLEEnv(wine.as_task(), goal="refactor")
 

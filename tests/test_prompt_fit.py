@@ -1,4 +1,4 @@
-"""Prompts over the budget lose whole middle messages, never the system prompt (training.prompt_fit)."""
+"""Prompts over the budget lose whole middle messages, never the system prompt (sampling.prompt_fit)."""
 import types
 
 import numpy as np
@@ -7,8 +7,8 @@ import pytest
 from exit_jax import models
 from exit_jax.envs import base
 from exit_jax.envs.tool_use import bfcl
-from exit_jax.training import prompt_fit
-from exit_jax.training.policy import SamplingConfig, TextPolicy
+from exit_jax.sampling import prompt_fit
+from exit_jax.sampling.text_policy import SamplingConfig, TextPolicy
 
 
 def _chars(messages):

@@ -10,22 +10,10 @@ from exit_jax.curriculum import episodes
 from exit_jax.envs import math as math_env
 from exit_jax.envs.tool_use import bfcl
 from exit_jax.training import batch as batch_lib
-from exit_jax.training.policy import Completion
+from exit_jax.sampling.text_policy import Completion
 from exit_jax.training.processes import Processes
+from exit_jax.testing import ScriptedPolicy
 from exit_jax.training.rollout import run_groups
-
-
-class ScriptedPolicy:
-    """Answers by a rule of (conversation, sample index): a stand-in for the sampler in loop tests."""
-
-    def __init__(self, rule):
-        self.rule, self.calls = rule, []
-
-    def sample(self, conversations, num_samples, seed, first_index=0):
-        self.calls.append((len(conversations), num_samples))
-        return [[Completion(text=self.rule(conv, g), prompt_ids=(1,) * (3 + len(conv)),
-                            token_ids=(5, 6, 7), logprobs=np.full(3, -0.5, np.float32), finished=True,
-                            shortened_prompt=False) for g in range(num_samples)] for conv in conversations]
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +36,7 @@ def test_multi_turn_rollouts_continue_until_the_env_is_done(pool):
 
     policy = ScriptedPolicy(rule)
     ep = episodes.base_episode(task, make_env)
-    groups, segments, stats = run_groups(policy, [ep], 2, make_env, seed=0, pool=pool)
+    groups, segments, stats = run_groups(policy, None, [ep], 2, make_env, seed=0, pool=pool)
     assert [r.score for r in groups[0]] == [1.0, 0.0]
     assert list(groups[0][0].responses) == oracle
     assert len(groups[0][1].responses) == 1
@@ -91,7 +79,7 @@ def test_processes_sharing_the_groups_sample_what_one_process_samples(pool):
                                            max_responses=6)
 
     class DrawingPolicy:  # a tool call (the episode goes on) or the end, by a draw from (seed, row)
-        def sample(self, conversations, num_samples, seed, first_index=0):
+        def sample(self, params, conversations, num_samples, seed, first_index=0):
             def completion(row, g):
                 draw = np.random.default_rng([seed, first_index + row, g]).random()
                 call = f'<tool>{{"name": "ls", "arguments": {{}}}}</tool> {draw:.4f}'
@@ -101,11 +89,11 @@ def test_processes_sharing_the_groups_sample_what_one_process_samples(pool):
             return [[completion(i, g) for g in range(num_samples)] for i in range(len(conversations))]
 
     eps = [episodes.base_episode(t, make_env) for t in tasks]
-    want = run_groups(DrawingPolicy(), eps, 3, make_env, seed=5, pool=pool)
+    want = run_groups(DrawingPolicy(), None, eps, 3, make_env, seed=5, pool=pool)
     assert want[2]["rollout/rounds"] > 2 and len({len(r.responses) for g in want[0] for r in g}) > 2
     board = Board(2)
     with concurrent.futures.ThreadPoolExecutor(2) as processes:
-        got = list(processes.map(lambda i: run_groups(DrawingPolicy(), eps, 3, make_env, seed=5, pool=pool,
+        got = list(processes.map(lambda i: run_groups(DrawingPolicy(), None, eps, 3, make_env, seed=5, pool=pool,
                                                       processes=ThreadProcesses(i, 2, board)), range(2)))
     for groups, segments, stats in got:
         assert groups == want[0] and stats == want[2]
@@ -126,7 +114,7 @@ def test_single_turn_group_scores_and_failing_env_is_contained(pool):
             return super().step(reply)
 
     ep = episodes.base_episode(task, math_env.MathEnv)
-    groups, segments, _ = run_groups(policy, [ep], 3, Exploding, seed=0, pool=pool)
+    groups, segments, _ = run_groups(policy, None, [ep], 3, Exploding, seed=0, pool=pool)
     assert [r.score for r in groups[0]] == [1.0, 0.0, 0.0]
     assert len(segments) == 3
 
@@ -136,7 +124,7 @@ def test_single_turn_group_scores_and_failing_env_is_contained(pool):
             bad = {"no idea": float("nan"), "\\boxed{": float("inf")}.get(reply, result.reward)
             return dataclasses.replace(result, reward=bad)
 
-    groups, _, _ = run_groups(policy, [ep], 3, Broken, seed=0, pool=pool)
+    groups, _, _ = run_groups(policy, None, [ep], 3, Broken, seed=0, pool=pool)
     assert [r.score for r in groups[0]] == [1.0, 0.0, 0.0]
 
 
@@ -174,7 +162,7 @@ def test_responses_without_a_response_type_are_marked_for_overlong_filtering(poo
              2: lambda done: "<TASK_ERROR>"}
     policy = ScriptedPolicy(lambda conv, g: rules[g](sum(m["role"] == "assistant" for m in conv)))
     ep = episodes.base_episode(task, make_env)
-    groups, segments, stats = run_groups(policy, [ep], 3, make_env, seed=0, pool=pool)
+    groups, segments, stats = run_groups(policy, None, [ep], 3, make_env, seed=0, pool=pool)
     by_sample = {g: [s.valid for s in segments if s.sample == g] for g in range(3)}
     assert by_sample == {0: [True] * len(oracle), 1: [False], 2: [True]}
     assert stats["rollout/invalid_responses"] == pytest.approx(1 / len(segments))

@@ -12,8 +12,9 @@ import time
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ARGS = ["--gin_file=math.gin", "--gin_file=smoke.gin", "--gin.NUM_ITERATIONS=3", "--gin.domains.math.num_train=24",
-        "--gin.loop.train.evaluate_at_end=None", "--gin.loop.RunConfig.checkpoint_every=1"]
+ARGS = ["--gin_file=math.gin", "--gin_file=smoke.gin", "--gin.NUM_ITERATIONS=3",
+        "--gin.domains.math_domain.num_train=24", "--gin.loop.train.evaluate=None",
+        "--gin.loop.RunConfig.checkpoint_every=1"]
 TIMING = ("time/", "throughput/")
 
 
@@ -71,7 +72,7 @@ def test_a_run_in_a_bucket_killed_resumes_on_an_empty_disk_with_identical_metric
 
     # Another machine, its disk empty: only the bucket holds the run. It also evaluates at the end.
     resumed = _train("gs://bucket/run", bucket_env, str(tmp_path / "home2"),
-                     "--gin.loop.train.evaluate_at_end=@evaluate.final_evaluation")
+                     "--gin.loop.train.evaluate=@evaluate.evaluate_and_report")
     log = resumed.communicate(timeout=600)[0].decode()
     assert resumed.returncode == 0, log[-3000:]
     assert "resumed from iteration 1 " in log or "resumed from iteration 2 " in log, log[-3000:]

@@ -61,15 +61,15 @@ def test_wheel_data_is_consistent():
 
 def test_every_category_splits_by_entry_number_and_is_reachable_from_gin():
     """Entry N of each category varies multi_turn_base_N, so each half keeps its entry numbers across
-    categories; domains.tool_use(categories=...) trains and evaluates on their union."""
+    categories; domains.tool_use_domain(categories=...) trains and evaluates on their union."""
     number = lambda task: int(task.id.rsplit("_", 1)[1])  # noqa: E731
     base = {part: [number(t) for t in split.split_entries(part)] for part in ("train", "test")}
     for category in data.CATEGORIES:
         for part in ("train", "test"):
             tasks = split.split_entries(part, category)
             assert [number(t) for t in tasks] == base[part] and all(t.id.startswith(category) for t in tasks)
-    from exit_jax.training import domains
-    dom = domains.tool_use(categories=["multi_turn_miss_func", "multi_turn_long_context"], num_eval=150)
+    from exit_jax.envs import domains
+    dom = domains.tool_use_domain(categories=["multi_turn_miss_func", "multi_turn_long_context"], num_eval=150)
     assert len(dom.train_tasks) == 200 and len(dom.eval_tasks) == 150
     assert {t.data["category"] for t in dom.train_tasks} == {"multi_turn_miss_func", "multi_turn_long_context"}
     env = dom.make_env(dom.train_tasks[0])
@@ -77,4 +77,4 @@ def test_every_category_splits_by_entry_number_and_is_reachable_from_gin():
     with pytest.raises(ValueError, match="Unknown BFCL category"):
         split.split_entries("train", "multi_turn_other")
     with pytest.raises(ValueError, match="non-empty list"):
-        domains.tool_use(categories="multi_turn_base")
+        domains.tool_use_domain(categories="multi_turn_base")

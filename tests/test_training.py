@@ -19,10 +19,11 @@ from exit_jax.curriculum import buffer
 from exit_jax.curriculum.config import preset
 from exit_jax.rl import learner as learner_lib, parallel
 from exit_jax.rl.learner import LearnerConfig
-from exit_jax.training import domains, loop
+from exit_jax.envs import domains
+from exit_jax.training import loop
 from exit_jax.training.checkpointing import CheckpointMismatchError
 from exit_jax.training.metrics import read_metrics
-from exit_jax.training.policy import SamplingConfig
+from exit_jax.sampling.text_policy import SamplingConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE_SAMPLING = SamplingConfig(max_new_tokens=16, max_prompt_tokens=512)
@@ -33,7 +34,7 @@ VOLATILE = ("time/", "throughput/")
 
 @pytest.fixture(scope="module")
 def math_domain():
-    return domains.math(num_train=24, num_eval=4, levels=(1, 2))
+    return domains.math_domain(num_train=24, num_eval=4, levels=(1, 2))
 
 
 def _run(workdir, domain, method, iterations, sampling=SMOKE_SAMPLING, **overrides):
@@ -184,22 +185,24 @@ def test_host_state_round_trip():
     state = buffer.init(4)
     state, _ = buffer.insert(state, [{"task_id": "a", "turns": [{"response": "x"}]}], [0.25],
                              task_id=[7], depth=[1], turn=[1], parent=[-1], created_at=3)
-    rng = np.random.default_rng(5)
-    rng.random()
-    host = loop.HostState(3, state, rng, frozenset({"k1", "k2"}))
-    back = loop.HostState.from_json(json.loads(json.dumps(host.to_json({"model": "m"}))))
-    assert back.iteration == 3 and back.seen == host.seen
+    host = loop.HostState(3, state, frozenset({"k1", "k2"}), sampled_tokens=11)
+    saved = json.loads(json.dumps(host.to_json({"model": "m"})))
+    back = loop.HostState.from_json(saved)
+    assert (back.iteration, back.instances_seen, back.sampled_tokens) == (3, host.instances_seen, 11)
     assert buffer.equal(back.buffer, state)
-    assert back.rng.random() == rng.random()
+    # A checkpoint of an older version (a generator state, the instances under "seen") still resumes.
+    older = {**{k: v for k, v in saved.items() if k != "instances_seen"}, "seen": ["k1", "k2"], "rng": {}}
+    old = loop.HostState.from_json(older)
+    assert old.instances_seen == back.instances_seen and buffer.equal(old.buffer, state)
 
 
 def _train_cmd(workdir, *extra):
     return [sys.executable, os.path.join(REPO, "launch", "train.py"), "--gin_file=math.gin",
-            "--gin_file=smoke.gin", f"--gin.WORKDIR='{workdir}'", "--gin.domains.math.num_train=24",
+            "--gin_file=smoke.gin", f"--gin.WORKDIR='{workdir}'", "--gin.domains.math_domain.num_train=24",
             "--gin.loop.RunConfig.prompts_per_iteration=2", *extra]
 
 
-NO_EVAL = "--gin.loop.train.evaluate_at_end=None"
+NO_EVAL = "--gin.loop.train.evaluate=None"
 ENV = dict(os.environ, JAX_PLATFORMS="cpu")
 
 
@@ -323,7 +326,7 @@ def test_missing_required_macro_is_named(tmp_path):
 @pytest.mark.slow
 def test_tool_use_and_mle_domains_train(tmp_path):
     # BFCL prompts keep their function docs whole (5.8-10.2k smoke tokens here): the budget must hold them.
-    tool = domains.tool_use(num_train=4, num_eval=2, train_max_responses=3)
+    tool = domains.tool_use_domain(num_train=4, num_eval=2, train_max_responses=3)
     _run(tmp_path / "tool", tool, "exit", iterations=2, filter_invalid_responses=True,
          drop_zero_variance_groups=True,  # tool_use.gin's filter, and DAPO's group dropping on top
          sampling=dataclasses.replace(SMOKE_SAMPLING, max_prompt_tokens=12288))
@@ -334,7 +337,7 @@ def test_tool_use_and_mle_domains_train(tmp_path):
     for r in records:
         assert 0 < r["rollout/invalid_responses"] <= 1 and r["learner/skipped"] == 0
         assert r["rollout/invalid_responses"] < 1 or r["learner/loss"] == 0
-    mle = domains.mle(train_ids=["breast_cancer"], eval_ids=["wine"], time_limit_s=20.0)
+    mle = domains.mle_domain(train_ids=["breast_cancer"], eval_ids=["wine"], time_limit_s=20.0)
     _run(tmp_path / "mle", mle, "improve", iterations=3,  # no divergence: replays improve or debug
          sampling=dataclasses.replace(SMOKE_SAMPLING, max_prompt_tokens=4096))  # the task's whole description
     records = read_metrics(str(tmp_path / "mle"))
@@ -366,17 +369,18 @@ def test_launcher_reports_a_missing_checkpoint_in_one_sentence(tmp_path):
 def test_evaluation_seeds_follow_the_run_seed(tmp_path, math_domain):
     # An untrained policy evaluated under seeds 0 and 1 must sample independently (the study's base rows),
     # and the same seed must give the same evaluation (resume exactness).
-    policy = loop.TextPolicy(loop.load_model("smoke", math_domain, str(tmp_path)), SMOKE_SAMPLING)
+    lm = loop.load_model("smoke", math_domain, str(tmp_path))
+    policy = loop.TextPolicy(lm, SMOKE_SAMPLING)
     seen = []
 
     def evaluate(policy, **_):
-        seen.append(policy.calls)
+        seen.append(policy.seed)
         replies = policy.generate([[{"role": "user", "content": "1 + 1 = ?"}]], num_samples=4)
         return {"evaluations": {"e": {"headline": "c", "curves": {"c": ["|".join(replies[0])]}}}}
 
     def run(seed):
         cfg = loop.RunConfig(workdir=str(tmp_path), num_iterations=0, seed=seed)
-        return loop._evaluate(evaluate, policy, math_domain, cfg, preset("math", "grpo"), 0)
+        return loop._evaluate(evaluate, policy, lm.params, math_domain, cfg, preset("math", "grpo"), 0)
 
     first, again, other = run(0), run(0), run(1)
     assert seen == [0, 0, loop.EVAL_SEED_STRIDE] and first == again and first != other
@@ -387,9 +391,9 @@ def test_sampling_in_parts_draws_what_one_call_draws(tmp_path, math_domain):
     the completions are those of one call over all prompts."""
     lm = loop.load_model("smoke", math_domain, str(tmp_path))
     chats = [math_domain.make_env(t).reset() for t in math_domain.train_tasks[:3]]
-    whole = loop.TextPolicy(lm, SMOKE_SAMPLING).sample(chats, num_samples=2, seed=7)
+    whole = loop.TextPolicy(lm, SMOKE_SAMPLING).sample(lm.params, chats, num_samples=2, seed=7)
     parts = loop.TextPolicy(lm, dataclasses.replace(SMOKE_SAMPLING, prompts_per_call=2)).sample(
-        chats, num_samples=2, seed=7)
+        lm.params, chats, num_samples=2, seed=7)
     assert [[c.token_ids for c in row] for row in parts] == [[c.token_ids for c in row] for row in whole]
     assert len({c.token_ids for row in whole for c in row}) > 1
     with pytest.raises(ValueError, match="prompts_per_call"):

@@ -3,8 +3,9 @@
 Modules (import them directly; `embedders` is not imported here because PolicyHidden pulls in jax):
     buffer     functional score-prioritised buffer of partial histories (paper §4.1)
     config     CurriculumConfig and the paper's presets for GRPO / Curriculum / Improve / Diverge / ExIt
-    episodes   per-group base/replay and improve/diverge decisions, prompt messages, buffer updates
-    prompts    the paper's self-improve, self-diverge and MLE-bench templates, verbatim
+    episodes   select: per-group base/replay and improve/diverge decisions and prompt messages, drawn
+               from (run seed, iteration); record: group scores and children into the buffer
+    prompts    the paper's self-improve and self-diverge templates, verbatim (MLE-bench's: envs.mle.prompts)
     rewards    binary / improvement rewards and the learnability score S = var(rewards)
     diversity  Eq. 6 coefficients that multiply each group's advantages
     embedders  HashedNgram (default), MiniLM, PolicyHidden

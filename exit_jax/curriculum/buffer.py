@@ -17,9 +17,13 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence, Union
 
 import numpy as np
+
+# A seed of host-side draws: what np.random.default_rng takes. The curriculum draws from (run seed,
+# iteration), so an iteration's draws do not depend on what earlier ones drew, and nothing is carried.
+Seed = Union[int, Sequence[int], np.random.SeedSequence]
 
 DEFAULT_KAPPA = 10.0  # docs/paper.md §13.1: the paper does not report κ
 
@@ -153,13 +157,14 @@ def probabilities(state: BufferState, kappa: float = DEFAULT_KAPPA) -> np.ndarra
     return p
 
 
-def sample(state: BufferState, rng: np.random.Generator, n: int, kappa: float = DEFAULT_KAPPA,
+def sample(state: BufferState, seed: Seed, n: int, kappa: float = DEFAULT_KAPPA,
            iteration: int = -1) -> tuple[BufferState, np.ndarray]:
-    """Draws n slots with replacement from softmax(κ·S); counts the draws in the returned state."""
+    """Draws n slots with replacement from softmax(κ·S); counts the draws in the returned state.
+    The draws depend on the state and `seed` only (an int, a tuple of ints, a SeedSequence)."""
     if size(state) == 0:
         raise ValueError("Cannot sample from an empty buffer.")
     p = probabilities(state, kappa)
-    slots = rng.choice(p.shape[0], size=int(n), replace=True, p=p).astype(np.int64)
+    slots = np.random.default_rng(seed).choice(p.shape[0], size=int(n), replace=True, p=p).astype(np.int64)
     f = _copy(state)
     np.add.at(f["times_sampled"], slots, 1)
     f["last_sampled"][slots] = int(iteration)

@@ -11,6 +11,8 @@ stand-ins.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import importlib.util
 import json
 import math
@@ -18,7 +20,7 @@ import os
 import re
 import zlib
 from collections import Counter
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -149,51 +151,57 @@ class MiniLM:
         return _l2_normalize(np.concatenate(out)).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=8)
+def _hidden_states(config, lora):
+    """The jitted last-hidden-state forward of one model (compiled once per config, whatever the params)."""
+    import jax
+
+    from exit_jax.models import transformer
+
+    def hidden(params, tokens, mask):  # [n, T, D]
+        return transformer.forward(params, config, tokens, mask, return_hidden=True, lora=lora)[1]
+
+    return jax.jit(hidden)
+
+
+@dataclasses.dataclass(frozen=True)
 class PolicyHidden:
-    """Mean-pooled last hidden states of the policy itself.
+    """Mean-pooled last hidden states of the policy itself, under the params it is built with (the loop
+    builds one per iteration with the current params; the compiled forward is shared).
 
-    `policy` is any object with `.config` (ModelConfig), `.params` and `.tokenizer.encode(text)` (and
-    `.lora`, a models.lora.LoraConfig, when its params carry adapters).
-    Texts are right-padded to a power-of-two length (≥ 16, ≤ max_length) so a few shapes cover all
-    calls; the causal mask keeps padding out of every real token's state.
+    `config`: the ModelConfig; `tokenizer`: anything with `.encode(text)`; `lora`: a models.lora.LoraConfig
+    when the params carry adapters. Texts are right-padded to a power-of-two length (≥ 16, ≤ max_length)
+    so a few shapes cover all calls; the causal mask keeps padding out of every real token's state.
     """
-
-    def __init__(self, policy, max_length: int = 512):
-        import jax
-
-        from exit_jax.models import transformer
-
-        self.policy, self.max_length = policy, int(max_length)
-        config, lora = policy.config, getattr(policy, "lora", None)
-
-        def hidden(params, tokens, mask):  # [n, T, D]
-            return transformer.forward(params, config, tokens, mask, return_hidden=True, lora=lora)[1]
-
-        self._hidden = jax.jit(hidden)
+    config: Any
+    tokenizer: Any
+    params: Any
+    lora: Any = None
+    max_length: int = 512
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         import jax.numpy as jnp
 
         enc = []
         for s in texts:
-            ids = self.policy.tokenizer.encode(str(s))
+            ids = self.tokenizer.encode(str(s))
             ids = list(getattr(ids, "ids", ids))[:self.max_length] or [0]
             enc.append(ids)
-        width = min(self.max_length, max(16, 1 << (max(len(e) for e in enc) - 1).bit_length())) if enc else 16
+        if not enc:
+            return np.zeros((0, self.config.hidden_size), np.float32)
+        width = min(self.max_length, max(16, 1 << (max(len(e) for e in enc) - 1).bit_length()))
         tokens = np.zeros((len(enc), width), np.int32)
         mask = np.zeros((len(enc), width), bool)
         for r, e in enumerate(enc):
             tokens[r, :len(e)], mask[r, :len(e)] = e, True
-        if not enc:
-            return np.zeros((0, self.policy.config.hidden_size), np.float32)
-        hidden = np.asarray(self._hidden(self.policy.params, jnp.asarray(tokens), jnp.asarray(mask)),
-                            np.float32)  # [n, width, D]
+        hidden = np.asarray(_hidden_states(self.config, self.lora)(self.params, jnp.asarray(tokens),
+                                                                   jnp.asarray(mask)), np.float32)  # [n, T, D]
         m = mask[..., None].astype(np.float32)
         return ((hidden * m).sum(1) / m.sum(1)).astype(np.float32)
 
 
 def make(name: str, **kwargs):
-    """An embedder by name: "hashed_ngram", "minilm" or "policy_hidden" (needs policy=...)."""
+    """An embedder by name: "hashed_ngram", "minilm" or "policy_hidden" (needs config, tokenizer, params)."""
     table = {"hashed_ngram": HashedNgram, "minilm": MiniLM, "policy_hidden": PolicyHidden}
     if name not in table:
         raise ValueError(f"Unknown embedder {name!r}; expected one of {sorted(table)}.")

@@ -25,6 +25,7 @@ import numpy as np
 from exit_jax.curriculum import buffer, prompts, rewards
 from exit_jax.curriculum.config import CurriculumConfig
 from exit_jax.envs.base import Env, Task, replay
+from exit_jax.envs.mle import prompts as mle_prompts
 
 MakeEnv = Callable[[Task], Env]
 
@@ -142,8 +143,8 @@ def replay_episode(task: Task, make_env: MakeEnv, config: CurriculumConfig, turn
         goal = "debug" if debug else step
         # The template wraps the previous solution in its own code fence: show the code, as the greedy
         # search evaluation does, not the whole reply (whose fence would nest inside the template's).
-        text = prompts.mle_prompt(extract_code(previous) or previous, description, previews, goal=goal,
-                                  error_trace=str(last.get("feedback", "")))
+        text = mle_prompts.mle_prompt(extract_code(previous) or previous, description, previews, goal=goal,
+                                      error_trace=str(last.get("feedback", "")))
     else:
         text = prompts.self_iteration_prompt(step, _instruction(env, context), previous)
     return dataclasses.replace(
@@ -152,16 +153,21 @@ def replay_episode(task: Task, make_env: MakeEnv, config: CurriculumConfig, turn
         error_trace=str(last.get("feedback", "")) if debug else "")
 
 
-def plan(state: buffer.BufferState, rng: np.random.Generator, tasks: Sequence[Task], make_env: MakeEnv,
-         config: CurriculumConfig, n_groups: int, iteration: int = 0) -> tuple[buffer.BufferState, list]:
-    """Builds the episodes of one training iteration (Algorithm 1, one decision per prompt group)."""
+def select(state: buffer.BufferState, seed: buffer.Seed, tasks: Sequence[Task], make_env: MakeEnv,
+           config: CurriculumConfig, n_groups: int, iteration: int = 0) -> tuple[buffer.BufferState, list]:
+    """The episodes of one training iteration (Algorithm 1, one decision per prompt group): replay or base,
+    the buffer entry and its turn prefix, improve or diverge. The draws depend on `seed` only (the loop
+    passes (run seed, iteration)); the returned state counts the buffer draws."""
     if not tasks:
-        raise ValueError("plan needs at least one base task.")
+        raise ValueError("select needs at least one base task.")
+    # Two independent streams of the one seed: the decisions here, the buffer's draws of slots.
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,)))
+    slot_seed = np.random.SeedSequence(seed, spawn_key=(1,))
     gate = config.use_buffer and buffer.size(state) >= config.b_min
     replay_mask = np.array([gate and rng.random() < config.replay_prob for _ in range(n_groups)], bool)
     slots = np.zeros((0,), np.int64)
     if replay_mask.any():
-        state, slots = buffer.sample(state, rng, int(replay_mask.sum()), config.kappa, iteration)
+        state, slots = buffer.sample(state, slot_seed, int(replay_mask.sum()), config.kappa, iteration)
     by_id = {t.id: t for t in tasks}
     episodes, slot_iter = [], iter(slots)
     for is_replay in replay_mask:
@@ -205,21 +211,23 @@ def child_turns(episode: Episode, rollout: Rollout) -> list:
     return turns
 
 
-def update(state: buffer.BufferState, episodes: Sequence[Episode], groups: Sequence[Sequence[Rollout]],
-           config: CurriculumConfig, iteration: int) -> tuple[buffer.BufferState, np.ndarray]:
-    """Scores every group and updates the buffer; returns (state, S float64 [n_groups]).
+def record(state: buffer.BufferState, episodes: Sequence[Episode], groups: Sequence[Sequence[Rollout]],
+           group_rewards: Sequence[np.ndarray], config: CurriculumConfig,
+           iteration: int) -> tuple[buffer.BufferState, np.ndarray]:
+    """Scores every group and writes the outcome into the buffer; returns (state, S float64 [n_groups]).
 
-    `groups` holds the graded rollouts only (the loop leaves ungraded ones out).
+    `groups` holds the graded rollouts only (the loop leaves ungraded ones out) and `group_rewards` their
+    training rewards (`group_rewards(episode, group, config)`, computed once by the loop).
 
     All selected entries are re-scored before any insertion, so that a child never evicts a slot whose
     score is still to be overwritten. Only the prefixes that end at or after the start turn are inserted:
     shorter ones are the parent's own prefixes, already in the buffer.
     """
-    if len(episodes) != len(groups):
-        raise ValueError(f"update got {len(episodes)} episodes but {len(groups)} rollout groups.")
+    if not len(episodes) == len(groups) == len(group_rewards):
+        raise ValueError(f"record got {len(episodes)} episodes, {len(groups)} rollout groups and "
+                         f"{len(group_rewards)} reward groups.")
     # A group left with no rollout (all ungraded) has no score: NaN, and its entry keeps its old one.
-    scores = np.asarray([rewards.learnability(group_rewards(ep, g, config)) if len(g) else np.nan
-                         for ep, g in zip(episodes, groups)], np.float64)
+    scores = np.asarray([rewards.learnability(r) if len(r) else np.nan for r in group_rewards], np.float64)
     if not config.use_buffer:
         return state, scores
     replayed = [i for i, ep in enumerate(episodes) if ep.kind == "replay" and len(groups[i])]

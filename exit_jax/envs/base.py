@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import re
 from typing import Any, Mapping, Sequence
 
 Message = dict  # {"role": "system"|"user"|"assistant"|"tool", "content": str}
@@ -63,3 +64,17 @@ def replay(env: Env, replies: Sequence[str]) -> tuple[list, StepResult | None]:
         if result.done:
             break
     return messages, result
+
+
+# Rendering substitutes the named slots in one pass, so braces inside a response or a piece of code are
+# never read as format fields (prompts quote both).
+_SLOT = re.compile(r"\{([a-z_]+)\}")
+
+
+def render(template: str, fields: Mapping[str, str]) -> str:
+    """Fills every {slot} of `template` from `fields` in one pass."""
+    needed = set(_SLOT.findall(template))
+    missing = sorted(needed - set(fields))
+    if missing:
+        raise ValueError(f"Prompt fields {missing} are missing; the template needs {sorted(needed)}.")
+    return _SLOT.sub(lambda m: str(fields[m.group(1)]), template)

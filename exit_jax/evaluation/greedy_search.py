@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from exit_jax.curriculum import prompts
+from exit_jax.envs.mle import prompts as mle_prompts
 from exit_jax.envs.base import Env, StepResult, Task
 from exit_jax.evaluation.policy import Policy, generate_checked
 
@@ -124,7 +124,7 @@ def iterate_conversation(opening: Sequence[dict], task: Task, code: str, goal: s
     messages = [dict(m) for m in opening]
     if messages and messages[-1].get("role") == "user":
         messages.pop()
-    text = prompts.mle_prompt(code, description, previews, goal=goal, error_trace=error_trace)
+    text = mle_prompts.mle_prompt(code, description, previews, goal=goal, error_trace=error_trace)
     return messages + [{"role": "user", "content": text}]
 
 
@@ -231,7 +231,7 @@ def greedy_search(policy: Policy, tasks: Sequence[Task], env_factory: EnvFactory
             for j in range(n):
                 nodes = searches[i][j]
                 action, parent = next_action(nodes, max_debug_depth)
-                code = nodes[parent].code if parent >= 0 else prompts.MLE_STARTER_SOLUTION
+                code = nodes[parent].code if parent >= 0 else mle_prompts.MLE_STARTER_SOLUTION
                 trace = _error_tail(nodes[parent].error, error_tail_chars) if action == "debug" else ""
                 plans.append((i, j, action, parent))
                 conversations.append(iterate_conversation(openings[i], task, code, action, trace, envs[i]))

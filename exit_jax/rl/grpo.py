@@ -6,8 +6,9 @@ exactly the loss of the whole batch: the learner computes the normalisers once f
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +36,7 @@ def zero_variance_groups(rewards, valid=None) -> jax.Array:
 
 
 # Compiled as one program: called eagerly on the host each iteration, their ~20 jnp ops would each be
-# compiled on the first call (~0.8 s of the first iteration on 2 CPU cores).
+# compiled on the first call (docs/speed.md).
 @functools.partial(jax.jit, static_argnames=("scale", "eps", "ddof"))
 def group_advantages(rewards, scale: str = "group", eps: float = 1e-6, ddof: int = 0, valid=None) -> jax.Array:
     """Group-relative advantages (paper Eq. 3): (r - mean) / (std + eps) within each group.
@@ -110,21 +111,49 @@ def token_weights(mask, aggregation: str = "seq_mean_token_mean", num_sequences=
     return mask / (float(length) * num_sequences)
 
 
-def policy_loss(logprobs, old_logprobs, advantages, mask, ref_logprobs=None, clip_low: float = 0.2,
-                clip_high: float = 0.2, kl_beta: float = 0.0, kl_estimator: str = "k3",
-                aggregation: str = "seq_mean_token_mean", *, advantage_multiplier=None,
-                sample_mask=None, entropy=None, max_length: Optional[int] = None,
-                group_size: Optional[int] = None, num_sequences=None, num_tokens=None):
+class LossInputs(NamedTuple):
+    """One batch's arrays for the objective. [B, T]: `logprobs` (under the params being trained),
+    `old_logprobs` (the sampler's), `mask` (completion tokens), and optionally `ref_logprobs` (the KL
+    term's reference) and `entropy` (a diagnostic). [B]: `advantages`, one value for all tokens of a
+    rollout; optionally `advantage_multiplier` (the diversity coefficient of paper Eq. 6) and `sample_mask`
+    (False removes a sample: drop_zero_variance_groups)."""
+    logprobs: jax.Array
+    old_logprobs: jax.Array
+    advantages: jax.Array
+    mask: jax.Array
+    ref_logprobs: Optional[jax.Array] = None
+    advantage_multiplier: Optional[jax.Array] = None
+    sample_mask: Optional[jax.Array] = None
+    entropy: Optional[jax.Array] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """The objective's settings (paper §7: ε = 0.2 both ways; β = 0). `max_length`: dr_grpo's constant
+    normaliser (default: the batch length); `group_size` lets the metrics count zero-variance groups
+    (consecutive runs of group_size samples)."""
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    kl_beta: float = 0.0
+    kl_estimator: str = "k3"
+    aggregation: str = "seq_mean_token_mean"
+    max_length: Optional[int] = None
+    group_size: Optional[int] = None
+
+    def __post_init__(self):
+        _check_choice("aggregation", self.aggregation, AGGREGATIONS)
+        _check_choice("kl_estimator", self.kl_estimator, KL_ESTIMATORS)
+
+
+def policy_loss(inputs: LossInputs, config: LossConfig = LossConfig(), num_sequences=None, num_tokens=None):
     """The negated GRPO objective of paper Eq. 4 (PPO-clipped ratio, minus beta * KL to a reference).
 
-    logprobs, old_logprobs, mask (and ref_logprobs, entropy): [B, T]; advantages: [B], one value for all
-    tokens of a rollout. advantage_multiplier [B] scales the advantages (the diversity coefficient,
-    paper Eq. 6); sample_mask bool [B] removes samples (drop_zero_variance_groups). num_sequences and
-    num_tokens override this batch's own normalisers (for micro-batches of a larger batch); group_size
-    lets the metrics count zero-variance groups (consecutive runs of group_size samples).
-    Returns (loss, metrics); the diagnostics kl / clip fractions / ratio_mean / entropy are token means.
+    num_sequences and num_tokens override this batch's own normalisers (for micro-batches of a larger
+    batch). Returns (loss, metrics); the diagnostics kl / clip fractions / ratio_mean / entropy are token
+    means.
     """
-    _check_choice("aggregation", aggregation, AGGREGATIONS)
+    logprobs, old_logprobs, advantages, mask, ref_logprobs, advantage_multiplier, sample_mask, entropy = inputs
+    clip_low, clip_high, kl_beta = config.clip_low, config.clip_high, config.kl_beta
     mask = jnp.asarray(mask, jnp.float32)
     advantages = jnp.asarray(advantages, jnp.float32)
     if logprobs.shape != mask.shape or old_logprobs.shape != mask.shape:
@@ -140,7 +169,7 @@ def policy_loss(logprobs, old_logprobs, advantages, mask, ref_logprobs=None, cli
         num_sequences = jnp.sum(keep)
     if num_tokens is None:
         num_tokens = jnp.sum(mask)
-    weights = token_weights(mask, aggregation, num_sequences, num_tokens, max_length)  # [B, T]
+    weights = token_weights(mask, config.aggregation, num_sequences, num_tokens, config.max_length)  # [B, T]
     token_mean = mask / jnp.maximum(num_tokens, 1.0)  # [B, T], for the diagnostics
     valid = mask > 0
 
@@ -155,7 +184,7 @@ def policy_loss(logprobs, old_logprobs, advantages, mask, ref_logprobs=None, cli
     per_token = pg
     kl = jnp.zeros(())
     if ref_logprobs is not None:
-        kl_tok = jnp.where(valid, kl_penalty(logprobs, ref_logprobs, kl_estimator), 0.0)
+        kl_tok = jnp.where(valid, kl_penalty(logprobs, ref_logprobs, config.kl_estimator), 0.0)
         kl = jnp.sum(token_mean * kl_tok)
         per_token = pg + kl_beta * kl_tok
     loss = jnp.sum(weights * per_token)
@@ -177,7 +206,7 @@ def policy_loss(logprobs, old_logprobs, advantages, mask, ref_logprobs=None, cli
         "entropy": jnp.zeros(()) if entropy is None else jnp.sum(token_mean * entropy),
         "advantage_mean": adv_mean,
         "advantage_std": jnp.sqrt(jnp.sum(keep * jnp.square(adv - adv_mean)) / kept),
-        "zero_variance_frac": zero_advantage_group_frac(advantages, group_size),
+        "zero_variance_frac": zero_advantage_group_frac(advantages, config.group_size),
     }
     return loss, metrics
 

@@ -35,6 +35,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from exit_jax.models import flash, lora as lora_lib, transformer
 from exit_jax.models.config import ModelConfig
 from exit_jax.rl import grpo, memory
+from exit_jax.sampling import methods as sampling_methods
 
 AXIS = "data"  # the pmap axis name and the FSDP (and batch) mesh axis
 TENSOR = flash.TENSOR_AXIS  # the tensor-parallel mesh axis (LearnerConfig.tensor_parallel > 1)
@@ -195,11 +196,12 @@ def init_state(params, cfg: LearnerConfig) -> TrainState:
                       jnp.zeros((), jnp.int32))
 
 
-def token_logprobs(params, model_config: ModelConfig, tokens, input_mask, temperature: float = 1.0,
-                   dtype=jnp.float32, remat: bool = False, with_entropy: bool = False,
-                   width: Optional[int] = None, vocab_chunk: int = 0, attention: str = "dense", mesh=None,
-                   remat_policy: str = "full", lora=None, dropout_key=None):
-    """log softmax(logits / temperature) of each token given its prefix, as the sampler computes it.
+def sequence_logprobs(params, model_config: ModelConfig, tokens, input_mask, temperature: float = 1.0,
+                      dtype=jnp.float32, remat: bool = False, with_entropy: bool = False,
+                      width: Optional[int] = None, vocab_chunk: int = 0, attention: str = "dense", mesh=None,
+                      remat_policy: str = "full", lora=None, dropout_key=None):
+    """log softmax(logits / temperature) of each token given its prefix: `sampling.token_logprobs`, the
+    sampler's own definition, under the model.
 
     tokens int32 [B, L], input_mask bool [B, L] -> logp f32 [B, W] for the last W = `width` columns
     (default L; column 0 is then 0: nothing predicts it), and with_entropy: the entropy [B, W] of the
@@ -221,11 +223,8 @@ def token_logprobs(params, model_config: ModelConfig, tokens, input_mask, temper
     hidden, targets = hidden[:, start - 1:length - 1], tokens[:, start:]
 
     def head(h, t):  # [B, C, D], [B, C] -> log-prob and entropy [B, C]
-        logits = transformer.project(params, model_config, h, dtype)
-        if temperature != 1.0:  # a Python float: skipping the no-op saves one [B, C, V] buffer
-            logits = logits / temperature
-        lse = jax.nn.logsumexp(logits, axis=-1)
-        logp = jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0] - lse
+        logp, logits, lse = sampling_methods.token_logprobs(
+            transformer.project(params, model_config, h, dtype), t, temperature)
         if not with_entropy:
             return logp, jnp.zeros_like(logp)
         sg = jax.lax.stop_gradient
@@ -310,13 +309,16 @@ def _gradients(params, ref_params, batch, model_config, cfg, axis_name, num_shar
     device = jax.devices()[0] if mesh is None else mesh.devices.flat[0]
     platform, (rows, length), width = device.platform, batch["tokens"].shape, batch["completion_mask"].shape[1]
     n_micro, remat = micro_plan(cfg, model_config, rows, num_shards, length, width, platform, device)
-    fwd = functools.partial(token_logprobs, model_config=model_config, temperature=cfg.temperature,
+    fwd = functools.partial(sequence_logprobs, model_config=model_config, temperature=cfg.temperature,
                             dtype=DTYPES[cfg.compute_dtype], remat=remat, remat_policy=cfg.remat_policy,
                             width=width, vocab_chunk=cfg.vocab_chunk,
                             attention=flash.resolve(cfg.attention, platform), mesh=mesh, lora=cfg.lora)
     base = None if cfg.lora is None else lora_lib.split(params)[0]
     full = lambda t: t if base is None else lora_lib.combine(base, t)  # noqa: E731
     dropout = cfg.lora is not None and cfg.lora.dropout > 0
+
+    loss_config = grpo.LossConfig(cfg.clip_low, cfg.clip_high, cfg.kl_beta, cfg.kl_estimator, cfg.aggregation,
+                                  cfg.max_completion_length)
 
     def loss_fn(t, mb, mb_key):
         logp, entropy = fwd(full(t), tokens=mb["tokens"], input_mask=mb["input_mask"],
@@ -325,12 +327,9 @@ def _gradients(params, ref_params, batch, model_config, cfg, axis_name, num_shar
         if cfg.kl_beta > 0:
             ref_logp = jax.lax.stop_gradient(
                 fwd(full(ref_params), tokens=mb["tokens"], input_mask=mb["input_mask"])[0])
-        return grpo.policy_loss(
-            logp, mb["old_logprobs"], mb["advantages"], mb["completion_mask"], ref_logp,
-            cfg.clip_low, cfg.clip_high, cfg.kl_beta, cfg.kl_estimator, cfg.aggregation,
-            advantage_multiplier=mb.get("advantage_multiplier"), sample_mask=mb.get("sample_mask"),
-            entropy=entropy, max_length=cfg.max_completion_length, num_sequences=n_seq,
-            num_tokens=n_tok)
+        inputs = grpo.LossInputs(logp, mb["old_logprobs"], mb["advantages"], mb["completion_mask"], ref_logp,
+                                 mb.get("advantage_multiplier"), mb.get("sample_mask"), entropy)
+        return grpo.policy_loss(inputs, loss_config, num_sequences=n_seq, num_tokens=n_tok)
 
     def body(carry, xs):
         grads, sums = carry

@@ -26,9 +26,8 @@ log = logging.getLogger(__name__)
 # sandboxes; on an accelerator the rest is the compiler's slack.
 DEFAULT_SHARE = {"cpu": 0.5}
 ACCELERATOR_SHARE = 0.85
-# On CPU a bigger micro-batch is not faster, only bigger: SmolLM2's update of 16 rows of 336 tokens took
-# 47 s in micro-batches of 2 rows, 51 s of 4 and 67 s of 16 (measured on 2 cores), so planned CPU
-# micro-batches hold at most this many tokens (one row at least).
+# On CPU a bigger micro-batch is not faster, only bigger (docs/memory.md), so planned CPU micro-batches
+# hold at most this many tokens (one row at least).
 CPU_MICRO_TOKENS = 1024
 
 

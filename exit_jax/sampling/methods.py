@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 
 @flax.struct.dataclass
-class Knobs:
+class SamplingKnobs:
     temperature: jax.Array  # float32 []; 0 = greedy
     top_k: jax.Array  # int32 []; 0 = off
     top_p: jax.Array  # float32 []; 1 = off
@@ -22,7 +22,7 @@ class Knobs:
 
 
 def make_knobs(temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-               max_new_tokens: int = 1, cap: int | None = None) -> Knobs:
+               max_new_tokens: int = 1, cap: int | None = None) -> SamplingKnobs:
     """Validate on the host (one clear sentence per bad value) and wrap as arrays."""
     temperature, top_p = float(temperature), float(top_p)
     if not temperature >= 0.0:  # also rejects NaN
@@ -36,14 +36,22 @@ def make_knobs(temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
     if cap is not None and max_new_tokens > cap:
         raise ValueError(f"max_new_tokens={max_new_tokens} exceeds this sampler's cap of {cap} "
                          "(the max_new_tokens it was built with).")
-    return Knobs(jnp.asarray(temperature, jnp.float32), jnp.asarray(int(top_k), jnp.int32),
-                 jnp.asarray(top_p, jnp.float32), jnp.asarray(int(max_new_tokens), jnp.int32))
+    return SamplingKnobs(jnp.asarray(temperature, jnp.float32), jnp.asarray(int(top_k), jnp.int32),
+                         jnp.asarray(top_p, jnp.float32), jnp.asarray(int(max_new_tokens), jnp.int32))
 
 
-def token_logprobs(logits, temperature):
-    """log_softmax(logits / T) over the full vocab; T = 0 (greedy) uses T = 1. [B, V] f32."""
-    t = jnp.where(temperature > 0, temperature, 1.0)
-    return jax.nn.log_softmax(logits.astype(jnp.float32) / t, axis=-1)
+def token_logprobs(logits, tokens, temperature):
+    """The one definition of a token's log-prob, which the sampler records and the learner trains on:
+    log_softmax(logits / T) at `tokens`, over the full vocabulary (T = 0, greedy, scores with T = 1).
+
+    logits f32 [..., V], tokens int [...] -> (log-probs [...], the scaled logits [..., V], their logsumexp
+    [...]); the learner's entropy reuses the last two. Gathered as scaled[token] - logsumexp(scaled), never
+    from a materialised [..., V] log_softmax. A Python T of 1 skips the scaling (one [..., V] buffer less).
+    """
+    if not (isinstance(temperature, (int, float)) and temperature == 1.0):
+        logits = logits * (1.0 / jnp.where(temperature > 0, temperature, 1.0))
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    return jnp.take_along_axis(logits, tokens[..., None], axis=-1)[..., 0] - lse, logits, lse
 
 
 def _ordered_keys(x):
@@ -124,12 +132,11 @@ def _draw(keys, logits):
     return (blk * _BLOCK + j).astype(jnp.int32)
 
 
-def choose_tokens(logits, keys, knobs: Knobs):
+def choose_tokens(logits, keys, knobs: SamplingKnobs):
     """Pick the next token per row and its log-prob. logits f32 [B, V], keys [B] -> (int32 [B], f32 [B]).
 
-    The log-prob is gathered as scaled[token] - logsumexp(scaled) rather than from a materialised
-    log_softmax, and each branch below returns only [B] token ids: on XLA:CPU a [B, V] value that
-    crosses a cond boundary or feeds several consumers costs more than the model's vocab head.
+    The log-prob is `token_logprobs`'s, and each branch below returns only [B] token ids: on XLA:CPU a
+    [B, V] value that crosses a cond boundary or feeds several consumers costs more than the model's head.
     """
     logits = logits.astype(jnp.float32)
     inv_t = 1.0 / jnp.where(knobs.temperature > 0, knobs.temperature, 1.0)
@@ -146,6 +153,4 @@ def choose_tokens(logits, keys, knobs: Knobs):
     filtered = (knobs.top_k > 0) | (knobs.top_p < 1.0)
     branch = jnp.where(knobs.temperature > 0, jnp.where(filtered, 2, 1), 0)
     tokens = jax.lax.switch(branch, (greedy, sample, sample_filtered), logits)
-    scaled = logits * inv_t
-    lp = jnp.take_along_axis(scaled, tokens[:, None], axis=-1)[:, 0] - jax.nn.logsumexp(scaled, -1)
-    return tokens, lp
+    return tokens, token_logprobs(logits, tokens, knobs.temperature)[0]

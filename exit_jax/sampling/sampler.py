@@ -29,7 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from exit_jax.models.config import ModelConfig
 from exit_jax.models import flash, lora
 from exit_jax.models.transformer import Transformer, causal_mask, init_cache, positions_from_mask, project
-from exit_jax.sampling.methods import Knobs, choose_tokens, make_knobs
+from exit_jax.sampling.methods import SamplingKnobs, choose_tokens, make_knobs
 from exit_jax.sampling.output import SampleOutput
 
 
@@ -69,7 +69,7 @@ class SamplingState:
     done: jax.Array  # bool [B]: stopped or out of budget
     step: jax.Array  # int32 []: completion tokens emitted so far
     keys: jax.Array  # key [B]: one stream per row, folded with the step index
-    knobs: Knobs
+    knobs: SamplingKnobs
 
 
 def _constrain(spec: SamplerSpec, tree):
@@ -105,7 +105,7 @@ def _prompt_pass(spec: SamplerSpec, params, tokens, prompt_mask):
     return project(params, spec.config, hidden[:, -1:], spec.dtype), cache  # the vocab head: last token only
 
 
-def _prefill_impl(spec: SamplerSpec, params, tokens, prompt_mask, prompt_index, seed, knobs: Knobs):
+def _prefill_impl(spec: SamplerSpec, params, tokens, prompt_mask, prompt_index, seed, knobs: SamplingKnobs):
     """tokens/prompt_mask [P, L] (left-padded), prompt_index int32 [P], seed uint32 [] -> state."""
     num_p, length = tokens.shape
     g, n, chunks = spec.num_samples, spec.max_new_tokens, spec.prefill_chunks

@@ -34,7 +34,7 @@ from exit_jax.models import flash, lora, transformer
 from exit_jax.models.config import ModelConfig
 from exit_jax.rl import learner as learner_lib, memory, parallel
 from exit_jax.sampling import sampler as sampler_lib
-from exit_jax.sampling.methods import Knobs
+from exit_jax.sampling.methods import SamplingKnobs
 from exit_jax.tpu import chips
 
 
@@ -230,7 +230,7 @@ def compile_sampler(config, cfg, shape: RunShape, mesh, resident: int) -> list[R
     mask = jax.ShapeDtypeStruct((num_p, shape.prompt_len), bool, sharding=data)
     index = jax.ShapeDtypeStruct((num_p,), jnp.int32, sharding=data)
     scalar = lambda d: jax.ShapeDtypeStruct((), d, sharding=rep)  # noqa: E731
-    knobs = Knobs(scalar(jnp.float32), scalar(jnp.int32), scalar(jnp.float32), scalar(jnp.int32))
+    knobs = SamplingKnobs(scalar(jnp.float32), scalar(jnp.int32), scalar(jnp.float32), scalar(jnp.int32))
     prefill_args = (params, tokens, mask, index, scalar(jnp.uint32), knobs)
     prefill = jax.jit(sampler_lib._prefill_impl, static_argnums=0)
     compiled, report = _compile_report("prefill", prefill, spec, *prefill_args, resident=resident,

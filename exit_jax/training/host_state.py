@@ -10,25 +10,25 @@ from exit_jax.curriculum import buffer
 
 @dataclasses.dataclass
 class HostState:
-    """Everything the loop carries on the host between iterations (checkpointed as JSON)."""
+    """Everything the loop carries on the host between iterations (checkpointed as JSON). No random
+    generator: the curriculum's draws of an iteration come from (run seed, iteration)."""
     iteration: int
     buffer: buffer.BufferState
-    rng: np.random.Generator
-    seen: frozenset
+    instances_seen: frozenset  # the distinct task instances episodes have started from (stats.update_seen)
     sampled_tokens: int = 0  # completion tokens sampled so far (for RunConfig.sampled_token_budget)
 
-    def to_json(self, fp: dict) -> dict:
-        return {"iteration": self.iteration, "fingerprint": fp,
+    def to_json(self, fingerprint: dict) -> dict:
+        return {"iteration": self.iteration, "fingerprint": fingerprint,
                 "buffer": _jsonable(buffer.state_dict(self.buffer)),
-                "rng": self.rng.bit_generator.state, "seen": sorted(self.seen),
-                "sampled_tokens": self.sampled_tokens}
+                "instances_seen": sorted(self.instances_seen), "sampled_tokens": self.sampled_tokens}
 
     @classmethod
     def from_json(cls, d: dict) -> "HostState":
-        rng = np.random.default_rng()
-        rng.bit_generator.state = d["rng"]
-        return cls(int(d["iteration"]), buffer.from_state_dict(_from_jsonable(d["buffer"])), rng,
-                   frozenset(d["seen"]), int(d.get("sampled_tokens", 0)))
+        # Checkpoints written before the curriculum drew from (seed, iteration) also hold "rng" (unused)
+        # and name the instances "seen".
+        return cls(int(d["iteration"]), buffer.from_state_dict(_from_jsonable(d["buffer"])),
+                   frozenset(d["instances_seen"] if "instances_seen" in d else d["seen"]),
+                   int(d.get("sampled_tokens", 0)))
 
 
 def _jsonable(tree: dict) -> dict:

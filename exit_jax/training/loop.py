@@ -31,11 +31,11 @@ from exit_jax.rl import grpo, learner as learner_lib, parallel
 from exit_jax import storage
 from exit_jax.training import batch as batch_lib
 from exit_jax.training.checkpointing import Checkpointer, CheckpointWriteError, fingerprint
-from exit_jax.training.domains import Domain
+from exit_jax.envs.domains import Domain
 from exit_jax.training.export import export
 from exit_jax.training.host_state import HostState
 from exit_jax.training.metrics import Discard, MetricsWriter
-from exit_jax.training.policy import SamplingConfig, TextPolicy
+from exit_jax.sampling.text_policy import SamplingConfig, TextPolicy
 from exit_jax.training.processes import Processes
 from exit_jax.training.rollout import run_groups
 from exit_jax.training.stopping import Interrupted, stop_requests
@@ -51,13 +51,13 @@ class RunConfig:
     prompts_per_iteration: int = 8  # P: GRPO groups per iteration
     group_size: int = 8  # G: rollouts per group
     # Iterations between checkpoints. Each is params + two Adam moments (+ reference): 1.6 GB for SmolLM2-
-    # 135M, written in the background, yet saving every iteration made the bench_e2e iteration ~3x slower
-    # on 2 CPU cores (the copy and the write compete with sampling). Announced stops save anyway (above).
+    # 135M, written in the background, yet on a CPU the copy and the write compete with sampling, so saving
+    # every iteration costs several times an iteration's time. Announced stops save anyway (above).
     checkpoint_every: int = 10
     keep_checkpoints: Optional[int] = 2  # None keeps every checkpoint
     env_workers: int = 4  # threads stepping environments (sandboxes and graders are processes)
     embedder: str = "hashed_ngram"  # diversity-bonus embedder (full ExIt only)
-    eval_every: int = 0  # run evaluate_at_end every this many iterations too (0: only at the end)
+    eval_every: int = 0  # also run `evaluate` every this many iterations (0: only after the last)
     # Stop early once this many completion tokens were sampled (0: no budget). Compares methods at equal
     # compute: ExIt's episodes differ in length from GRPO's, so equal iterations are not equal work.
     sampled_token_budget: int = 0
@@ -113,11 +113,11 @@ def _advantages(groups, episodes, curriculum: CurriculumConfig, embedder, normal
     Ungraded rollouts (`graded` False) are left out of their group's statistics (advantage 0)."""
     rewards = np.stack([episodes_lib.group_rewards(ep, g, curriculum) for ep, g in zip(episodes, groups)])
     adv = np.asarray(grpo.group_advantages(rewards, scale=normalize, valid=graded), np.float32)
-    mult = np.ones_like(adv)
+    multipliers = np.ones_like(adv)
     if curriculum.diversity_bonus:  # full ExIt: Â_i = d_i · A_i (paper §4.2)
         for p, group in enumerate(groups):
-            mult[p] = diversity.group_coefficients(embedder, [r.responses[0] for r in group])
-    return rewards, adv, mult
+            multipliers[p] = diversity.group_coefficients(embedder, [r.responses[0] for r in group])
+    return rewards, adv, multipliers
 
 
 def opening_prompts(domain: Domain):
@@ -130,7 +130,7 @@ def opening_prompts(domain: Domain):
 
 def train(run: RunConfig, model: Any, domain: Domain, curriculum: CurriculumConfig,
           learner: learner_lib.LearnerConfig, sampling: SamplingConfig = SamplingConfig(),
-          evaluate_at_end: Optional[Any] = None, model_dtype: str = "float32") -> dict:
+          evaluate: Optional[Any] = None, model_dtype: str = "float32") -> dict:
     """Runs (or resumes) training; returns the last iteration's metrics.
 
     `run.workdir` may contain {domain} and {method}, e.g. "runs/{domain}_{method}", and may be a bucket
@@ -144,7 +144,7 @@ def train(run: RunConfig, model: Any, domain: Domain, curriculum: CurriculumConf
     if learner.temperature != sampling.temperature:
         raise ValueError(f"LearnerConfig.temperature={learner.temperature} must equal the sampling "
                          f"temperature {sampling.temperature}: old and new log-probs must match.")
-    args = (model, domain, curriculum, learner, sampling, evaluate_at_end, model_dtype)
+    args = (model, domain, curriculum, learner, sampling, evaluate, model_dtype)
     checkpoints = storage.join(run.workdir, "checkpoints")
     # The checkpointer is closed on every exit, so no orbax writer thread outlives a run that failed.
     if not storage.is_remote(run.workdir):
@@ -160,7 +160,7 @@ def train(run: RunConfig, model: Any, domain: Domain, curriculum: CurriculumConf
 
 
 def _train(run: RunConfig, ckpt: Checkpointer, sync, model: Any, domain: Domain, curriculum: CurriculumConfig,
-           learner: learner_lib.LearnerConfig, sampling: SamplingConfig, evaluate_at_end: Optional[Any],
+           learner: learner_lib.LearnerConfig, sampling: SamplingConfig, evaluate: Optional[Any],
            model_dtype: str) -> dict:
     """train() in a local run directory; checkpoints may be elsewhere; sync() after each iteration."""
     os.makedirs(run.workdir, exist_ok=True)
@@ -175,19 +175,19 @@ def _train(run: RunConfig, ckpt: Checkpointer, sync, model: Any, domain: Domain,
     sharded = mesh is not None
     lm = load_model(model, domain, run.workdir, model_dtype,
                     functools.partial(parallel.state_shardings, mesh=mesh) if sharded else None)
-    fp = fingerprint(model=lm.config, domain=domain.name, curriculum=curriculum, learner=learner,
+    run_fingerprint = fingerprint(model=lm.config, domain=domain.name, curriculum=curriculum, learner=learner,
                      sampling=sampling, seed=run.seed, group_size=run.group_size,
                      prompts_per_iteration=run.prompts_per_iteration)
     if learner.lora is not None:  # the checkpoints hold adapters only: the base they were trained on
-        fp["base_model"] = model if isinstance(model, str) else lm.config.name
+        run_fingerprint["base_model"] = model if isinstance(model, str) else lm.config.name
     if sharded:
         state = parallel.init_sharded(lm.params, learner, mesh)
     else:
         state = learner_lib.init_state(lm.params, learner)
     lm = dataclasses.replace(lm, params=None)  # the state holds them now: no second copy
-    host = HostState(0, buffer.init(curriculum.capacity), np.random.default_rng(run.seed), frozenset())
+    host = HostState(0, buffer.init(curriculum.capacity), frozenset())
     # The newest checkpoint that verifies (see checkpointing).
-    restored = ckpt.restore_latest(_checkpointed(state, learner), fp)
+    restored = ckpt.restore_latest(_checkpointed(state, learner), run_fingerprint)
     if restored is not None:
         state = _with_base(restored[0], state, learner)
         host = HostState.from_json(restored[1])
@@ -201,11 +201,11 @@ def _train(run: RunConfig, ckpt: Checkpointer, sync, model: Any, domain: Domain,
     policy = TextPolicy(lm, sampling, stop_strings=domain.stop_strings, mesh=sample_mesh, lora=learner.lora)
     policy.check_fits(opening_prompts(domain))
     sampling_params = functools.partial(_sampling_params, learner=learner, dtype=lm.dtype, mesh=sample_mesh)
-    policy.params = sampling_params(state)
-    embedder = None
-    if curriculum.diversity_bonus:
-        embedder = (embedders.PolicyHidden(policy) if run.embedder == "policy_hidden"
-                    else embedders.make(run.embedder))
+    params = sampling_params(state)  # the sampler's view of the state's params, renewed after each update
+    # Eq. 6 embedder of the replies: built once, or per iteration when it embeds with the policy's params.
+    text_embedder = None
+    if curriculum.diversity_bonus and run.embedder != "policy_hidden":
+        text_embedder = embedders.make(run.embedder)
     resuming = host.iteration < run.num_iterations and not _budget_spent(run, host)
     writer = (MetricsWriter(run.workdir, resume_from_iteration=host.iteration if resuming else None)
               if processes.primary else Discard())
@@ -231,28 +231,32 @@ def _train(run: RunConfig, ckpt: Checkpointer, sync, model: Any, domain: Domain,
                 writer.close()
                 raise
             t0 = time.perf_counter()
-            buf, episodes = episodes_lib.plan(host.buffer, host.rng, domain.train_tasks, domain.make_env,
-                                              curriculum, run.prompts_per_iteration, iteration=it)
+            buffer_state, episodes = episodes_lib.select(host.buffer, (run.seed, it), domain.train_tasks,
+                                                         domain.make_env, curriculum, run.prompts_per_iteration,
+                                                         iteration=it)
             t1 = time.perf_counter()
             compiling = None
             if not domain.multi_turn:
                 compiling = _compile_ahead(update, state, [e.prompt for e in episodes], policy, rows,
                                            row_multiple, learner, mesh, ahead, compiled)
-            groups, segments, roll_stats = run_groups(policy, episodes, run.group_size, domain.make_env,
+            groups, segments, roll_stats = run_groups(policy, params, episodes, run.group_size, domain.make_env,
                                                       seed=run.seed * 1_000_003 + it, pool=pool,
                                                       processes=processes)
             t2 = time.perf_counter()
             _note_slow("rollout", it, t2 - t1, f"{int(roll_stats['rollout/completion_tokens'])} tokens sampled")
             graded = np.array([[r.graded for r in g] for g in groups])
-            rewards, adv, mult = _advantages(groups, episodes, curriculum, embedder, normalize, graded)
+            embedder = text_embedder
+            if curriculum.diversity_bonus and embedder is None:
+                embedder = embedders.PolicyHidden(lm.config, lm.tokenizer, params, learner.lora)
+            rewards, adv, multipliers = _advantages(groups, episodes, curriculum, embedder, normalize, graded)
             keep = np.asarray(grpo.group_keep_mask(rewards, run.drop_zero_variance_groups, graded))
             keep = [keep[s.group, s.sample] and (s.valid or not run.filter_invalid_responses) for s in segments]
-            batch = batch_lib.pack(segments, adv, mult, sampling.max_new_tokens,
+            batch = batch_lib.pack(segments, adv, multipliers, sampling.max_new_tokens,
                                    lm.tokenizer.pad_id, row_multiple, sampling.min_bucket, keep)
             if compiling is not None:  # else the update would compile the same program again
                 compiling.result()
             state, learn = update(state, parallel.place_batch(batch, learner, mesh))
-            policy.params = sampling_params(state)
+            params = sampling_params(state)
             learn = {f"learner/{k}": float(v) for k, v in jax.device_get(learn).items()}
             skipped_in_a_row = skipped_in_a_row + 1 if learn["learner/skipped"] >= learner.epochs else 0
             if run.max_skipped_iterations and skipped_in_a_row >= run.max_skipped_iterations:
@@ -263,14 +267,15 @@ def _train(run: RunConfig, ckpt: Checkpointer, sync, model: Any, domain: Domain,
                     f"rewards and data; the checkpoints in {ckpt.directory} are untouched.")
             t3 = time.perf_counter()
             _note_slow("update", it, t3 - t2, f"{batch['tokens'].shape[0]} rows of {batch['tokens'].shape[1]} tokens")
-            buf, scores = episodes_lib.update(buf, episodes, [[r for r in g if r.graded] for g in groups],
-                                              curriculum, it)
-            seen = stats.update_seen(host.seen, episodes)
-            host = HostState(it + 1, buf, host.rng, seen,
+            buffer_state, scores = episodes_lib.record(
+                buffer_state, episodes, [[r for r in g if r.graded] for g in groups],
+                [r[g] for r, g in zip(rewards, graded)], curriculum, it)
+            seen = stats.update_seen(host.instances_seen, episodes)
+            host = HostState(it + 1, buffer_state, seen,
                              host.sampled_tokens + int(roll_stats["rollout/completion_tokens"]))
             last = host.iteration == run.num_iterations or _budget_spent(run, host)
             if host.iteration % run.checkpoint_every == 0 or last:
-                _save(ckpt, state, host, fp, learner, last)
+                _save(ckpt, state, host, run_fingerprint, learner, last)
                 saved = host.iteration
             t4 = time.perf_counter()
             trained_tokens = int(batch["completion_mask"].sum())
@@ -278,24 +283,24 @@ def _train(run: RunConfig, ckpt: Checkpointer, sync, model: Any, domain: Domain,
                 "reward/mean": _mean([r.score for g in groups for r in g if r.graded]),
                 "reward/train_mean": _mean(rewards[graded]),
                 "reward/group_std": _mean([r[g].std() for r, g in zip(rewards, graded) if g.any()]),
-                "advantage/multiplier_mean": float(mult.mean()),
+                "advantage/multiplier_mean": float(multipliers.mean()),
                 **roll_stats, **learn,
-                **stats.iteration_stats(buf, episodes, it, seen, scores[~np.isnan(scores)]),
+                **stats.iteration_stats(buffer_state, episodes, it, seen, scores[~np.isnan(scores)]),
                 "time/plan_s": t1 - t0, "time/rollout_s": t2 - t1, "time/update_s": t3 - t2,
                 "time/buffer_checkpoint_s": t4 - t3, "time/iteration_s": t4 - t0,
                 "throughput/sampled_tokens_per_s": roll_stats["rollout/completion_tokens"] / (t2 - t1),
                 "throughput/trained_tokens_per_s": trained_tokens / (t3 - t2),
                 "rollout/sampled_tokens_total": host.sampled_tokens,
             }
-            if run.eval_every and evaluate_at_end is not None and processes.primary \
+            if run.eval_every and evaluate is not None and processes.primary \
                     and host.iteration % run.eval_every == 0 and host.iteration < run.num_iterations \
                     and not _budget_spent(run, host) and not stop.signal:
-                metrics.update(_evaluate(evaluate_at_end, policy, domain, run, curriculum, host.iteration))
+                metrics.update(_evaluate(evaluate, policy, params, domain, run, curriculum, host.iteration))
             writer.write(it, metrics)
             sync()
             progress(it, metrics)
     if stopping and saved != host.iteration:
-        _save(ckpt, state, host, fp, learner, last=True)
+        _save(ckpt, state, host, run_fingerprint, learner, last=True)
     writer.close()
     ckpt.close()  # waits for the last checkpoint to be durable
     if stopping or stop.signal:
@@ -303,12 +308,13 @@ def _train(run: RunConfig, ckpt: Checkpointer, sync, model: Any, domain: Domain,
         raise Interrupted(stop.signal or "SIGTERM", f"{why}: stopped after iteration {host.iteration} with a "
                           f"checkpoint in {ckpt.directory}; rerun the same command to resume.")
     if run.export_dir:
-        params = parallel.host_params(state, learner)  # every process takes part in the gather
+        gathered = parallel.host_params(state, learner)  # every process takes part in the gather
         if processes.primary:
-            for path in export(run.export_dir, lm, params, learner.lora, fp.get("base_model", lm.config.name)):
+            for path in export(run.export_dir, lm, gathered, learner.lora,
+                               run_fingerprint.get("base_model", lm.config.name)):
                 log.info("exported %s", path)
-    if evaluate_at_end is not None and processes.primary:
-        metrics.update(_evaluate(evaluate_at_end, policy, domain, run, curriculum, host.iteration))
+    if evaluate is not None and processes.primary:
+        metrics.update(_evaluate(evaluate, policy, params, domain, run, curriculum, host.iteration))
     return metrics
 
 
@@ -320,15 +326,14 @@ def _mean(values) -> float:
 EVAL_SEED_STRIDE = 1_000_000  # sampler calls an evaluation may make before two seeds' draws could meet
 
 
-def _evaluate(evaluate_fn, policy: TextPolicy, domain: Domain, run: RunConfig,
+def _evaluate(evaluate_fn, policy: TextPolicy, params, domain: Domain, run: RunConfig,
               curriculum: CurriculumConfig, iteration: int) -> dict:
-    """Runs the evaluation on the current params; returns the headline curve's ends as metrics."""
+    """Runs the evaluation on `params`; returns the headline curve's ends as metrics."""
     # Evaluation seeds depend only on the run's seed and the evaluation itself: resumes reproduce it, and
     # runs with different seeds sample independently (an untrained model evaluated with seeds 0, 1, 2
     # must not give three copies of one estimate).
-    policy.calls = EVAL_SEED_STRIDE * run.seed
-    record = evaluate_fn(policy=policy, domain=domain, workdir=run.workdir, method=curriculum.method,
-                         seed=run.seed, iteration=iteration)
+    record = evaluate_fn(policy=policy.bind(params, EVAL_SEED_STRIDE * run.seed), domain=domain,
+                         workdir=run.workdir, method=curriculum.method, seed=run.seed, iteration=iteration)
     out = {}
     for name, ev in record["evaluations"].items():
         curve = ev["curves"][ev["headline"]]
@@ -349,8 +354,8 @@ def _compile_ahead(update, state, prompts, policy: TextPolicy, rows: int, row_mu
                    learner: learner_lib.LearnerConfig, mesh, executor, compiled: set):
     """With one model call per rollout the batch's layout is known before the rollout: a row per sample,
     the prompt bucket of the longest prompt. The update compiles for a layout it has not seen on
-    `executor` while the rollout runs (on 2 CPU cores its ~10 s compile then hides behind the sampler's own
-    compile; a TPU host's CPU idles while the chips sample). Returns the Future, or None."""
+    `executor` while the rollout runs (on a CPU its compile then overlaps the sampler's own compile; a TPU
+    host's CPU idles while the chips sample; docs/speed.md). Returns the Future, or None."""
     cfg = policy.config
     shape = batch_lib.layout([len(policy.encode(p)[0]) for p in prompts], rows, row_multiple, cfg.min_bucket)
     if shape in compiled:
@@ -379,12 +384,12 @@ def _sampling_params(state, learner: learner_lib.LearnerConfig, dtype, mesh):
     return parallel.host_params(state, learner)
 
 
-def _save(ckpt: Checkpointer, state, host: HostState, fp: dict, learner: learner_lib.LearnerConfig,
-          last: bool = False) -> None:
+def _save(ckpt: Checkpointer, state, host: HostState, run_fingerprint: dict,
+          learner: learner_lib.LearnerConfig, last: bool = False) -> None:
     """last: no update follows (see Checkpointer.save)."""
     if learner.parallel == "pmap":  # pmap states carry a leading device axis; checkpoints hold one copy
         state = jax.tree.map(lambda x: x[0], state)
-    ckpt.save(host.iteration, _checkpointed(state, learner), host.to_json(fp), last=last)
+    ckpt.save(host.iteration, _checkpointed(state, learner), host.to_json(run_fingerprint), last=last)
 
 
 def _checkpointed(state, learner: learner_lib.LearnerConfig):

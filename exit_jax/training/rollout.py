@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 
 from exit_jax.curriculum.episodes import Episode, Rollout, restore
 from exit_jax.envs.base import Env, StepResult, Task
-from exit_jax.training.policy import Completion, TextPolicy
+from exit_jax.sampling.text_policy import Completion, TextPolicy
 from exit_jax.training.processes import SINGLE, Processes
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class Segment:
 
 
 @dataclasses.dataclass
-class _Live:
+class _RunningRollout:
     env: Env
     messages: list
     responses: list
@@ -73,7 +73,7 @@ def _judged(segment: Segment, result: StepResult) -> Segment:
     return dataclasses.replace(segment, valid=bool(result.info.get("valid_response", True)))
 
 
-def _rollout_record(live: _Live) -> Rollout:
+def _rollout_record(live: _RunningRollout) -> Rollout:
     # MLE: an iterate that crashed or wrote no valid submission is debugged when replayed.
     failed = bool(live.first_info.get("failed", live.first_info.get("valid") is False))
     feedback = str(live.first_info.get("error", "") or "")
@@ -83,22 +83,23 @@ def _rollout_record(live: _Live) -> Rollout:
                    feedback=feedback, graded=graded)
 
 
-def run_groups(policy: TextPolicy, episodes: Sequence[Episode], group_size: int,
+def run_groups(policy: TextPolicy, params, episodes: Sequence[Episode], group_size: int,
                make_env: Callable[[Task], Env], seed: int, pool: concurrent.futures.Executor,
                max_rounds: int = 64, processes: Processes = SINGLE) -> tuple[list, list, dict]:
-    """Returns (groups [P][G] Rollouts, training Segments ordered by turn, group and sample, stats), for
-    all P episodes also when `processes` split the sampling and grading between them."""
+    """Samples with `params`; returns (groups [P][G] Rollouts, training Segments ordered by turn, group and
+    sample, stats), for all P episodes also when `processes` split the sampling and grading between them."""
     mine = processes.share(len(episodes))
     if processes.count > 1:
         log.info("process %d of %d samples and grades groups %d-%d of %d", processes.index + 1, processes.count,
                  mine.start, mine.stop - 1, len(episodes))
-    first = policy.sample([list(episodes[p].prompt) for p in mine], group_size, seed=seed, first_index=mine.start)
+    first = policy.sample(params, [list(episodes[p].prompt) for p in mine], group_size, seed=seed,
+                          first_index=mine.start)
     live = {}
     segments = []
     for p, row in zip(mine, first):
         for g, completion in enumerate(row):
             env, context = restore(episodes[p], make_env)
-            live[p, g] = _Live(env=env, messages=list(context) + [
+            live[p, g] = _RunningRollout(env=env, messages=list(context) + [
                 {"role": "assistant", "content": completion.text}], responses=[completion.text])
             segments.append(Segment(p, g, completion))
     keys = list(live)
@@ -115,7 +116,7 @@ def run_groups(policy: TextPolicy, episodes: Sequence[Episode], group_size: int,
         offset, total = processes.offset(len(active))
         if not total:
             break
-        replies = policy.sample([live[k].messages for k in active], 1, seed=seed + 7919 * rounds,
+        replies = policy.sample(params, [live[k].messages for k in active], 1, seed=seed + 7919 * rounds,
                                 first_index=offset)
         for k, row in zip(active, replies):
             live[k].responses.append(row[0].text)

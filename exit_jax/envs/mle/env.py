@@ -1,6 +1,6 @@
 """The single-turn MLE environment: the paper's MLE-bench prompt, one reply holding solution.py, a reward.
 
-`reset()` renders the paper's template (paper App. B, `curriculum.prompts.mle_prompt`) with the task
+`reset()` renders the paper's template (paper App. B, `envs.mle.prompts.mle_prompt`) with the task
 description, previews of the public CSVs and the current solution.py (the base task's empty `main`, or a
 previous iterate with its error trace for a debug step). `step(reply)` takes the code from the reply's
 triple-tick fence, runs it in the sandbox and grades submission.csv; the reward is the normalised score
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from exit_jax.curriculum import prompts
+from exit_jax.envs.mle import prompts as mle_prompts
 from exit_jax.envs.base import Env, StepResult, Task
 from exit_jax.envs.mle import lite, sandbox
 from exit_jax.envs.mle.grading import GradeResult, error_tail
@@ -50,8 +50,8 @@ class MLEEnv(Env):
         """pool: a shared WarmPool (the fast path; None runs each solution in a fresh sandbox).
         time_limit_s: overrides the task's run limit (paper App. A: 5 minutes for MLE-bench)."""
         super().__init__(task)
-        if goal not in prompts.MLE_GOALS:
-            raise ValueError(f"MLEEnv goal must be one of {sorted(prompts.MLE_GOALS)}, got {goal!r}.")
+        if goal not in mle_prompts.MLE_GOALS:
+            raise ValueError(f"MLEEnv goal must be one of {sorted(mle_prompts.MLE_GOALS)}, got {goal!r}.")
         self.mle = _mle_task(task)
         self.pool, self.config, self.goal = pool, config, goal
         self.previous_solution, self.error_trace = previous_solution, error_trace
@@ -66,15 +66,15 @@ class MLEEnv(Env):
 
     def initial_solution(self) -> str:
         """The script shown as the current solution.py: the base task's empty `main` unless given one."""
-        return self.previous_solution if self.previous_solution is not None else prompts.MLE_STARTER_SOLUTION
+        return self.previous_solution if self.previous_solution is not None else mle_prompts.MLE_STARTER_SOLUTION
 
     def evaluate(self, code: str) -> GradeResult:
         return self.mle.evaluate(code, config=self.config, pool=self.pool, time_limit_s=self.time_limit_s)
 
     def reset(self) -> list:
         self._done = False
-        text = prompts.mle_prompt(self.initial_solution(), self.task_description(), self.preview_contents(),
-                                  goal=self.goal, error_trace=self.error_trace)
+        text = mle_prompts.mle_prompt(self.initial_solution(), self.task_description(), self.preview_contents(),
+                                      goal=self.goal, error_trace=self.error_trace)
         return [{"role": "user", "content": text}]
 
     def step(self, reply: str) -> StepResult:

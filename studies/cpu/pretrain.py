@@ -1,11 +1,11 @@
 """Warm-start a small model by SFT on generated attempts and revisions, for the CPU-scale study.
 
-    python launch/pretrain.py --domain math --out runs/study/pretrained_math
-    python launch/pretrain.py --domain math --out /tmp/pt --examples 2000 --steps 100   # a quick look
-    python launch/pretrain.py --domain mle --out runs/study/pretrain/mle_continued \
+    python studies/cpu/pretrain.py --domain math --out runs/study/pretrained_math
+    python studies/cpu/pretrain.py --domain math --out /tmp/pt --examples 2000 --steps 100   # a quick look
+    python studies/cpu/pretrain.py --domain mle --out runs/study/pretrain/mle_continued \
         --init runs/study/pretrain/mle --seed 1 --examples 2500 --steps 400 --lr 2e-3   # continue an SFT
 
-Steps: generate the corpus (exit_jax.pretrain.<domain>_corpus) on the domain's training tasks, train a
+Steps: generate the corpus (studies.cpu.warm_start.<domain>_corpus) on the domain's training tasks, train a
 sentencepiece tokenizer on it, SFT a freshly initialised model (or, with --init, keep an earlier warm
 start's tokenizer and architecture and continue from its weights on a fresh corpus), save it where
 `models.load(out)` (and so `MODEL = "<out>"` in gin) finds it, and check it on held-out tasks: for math,
@@ -24,11 +24,14 @@ import shutil
 import sys
 import time
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO)  # studies.cpu.warm_start, when this runs as a script
+
 # Bump when the corpus or the recipe changes what a given configuration produces.
 RECIPE_VERSION = 5
-CORPORA = {"math": "exit_jax.pretrain.math_corpus", "mle": "exit_jax.pretrain.mle_corpus"}
+CORPORA = {"math": "studies.cpu.warm_start.math_corpus", "mle": "studies.cpu.warm_start.mle_corpus"}
 # The model's position limit (RoPE: no learned positions, so this only bounds what the sampler accepts):
-# above the longest prompt + reply an RL run samples (study/mle.gin: 2,048 + 544 tokens).
+# above the longest prompt + reply an RL run samples (studies/cpu/gin/mle.gin: 2,048 + 544 tokens).
 MAX_POSITIONS = {"math": 1024, "mle": 4096}
 # The quickstart's families and levels: those a few-million-parameter model can partly learn.
 MATH_FAMILIES = "arith,linear_eq,number_theory,word"
@@ -71,10 +74,10 @@ def parse(argv):
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--ffn", type=int, default=384)
     p.add_argument("--held_out", help="mle: comma-separated MLE-lite ids kept out of the corpus and checked "
-                                      "(gin/study/mle.gin's held-out tasks)")
+                                      "(studies/cpu/gin/mle.gin's held-out tasks)")
     p.add_argument("--procedural_tasks", type=int, help="mle: procedural tasks added to the corpus")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--init", help="continue SFT from this launch/pretrain.py model directory: its tokenizer, "
+    p.add_argument("--init", help="continue SFT from this pretrain.py model directory: its tokenizer, "
                                   "architecture and weights (the architecture flags are then unused); give "
                                   "another --seed for a fresh corpus")
     p.add_argument("--eval_tasks", type=int, help="held-out tasks of the check (0: skip)")
@@ -100,7 +103,7 @@ def _init_summary(path: str) -> dict:
         with open(os.path.join(path, "pretrain.json")) as f:
             return json.load(f)
     except (OSError, ValueError) as e:
-        raise SystemExit(f"error: --init {path!r} is not a finished launch/pretrain.py model directory "
+        raise SystemExit(f"error: --init {path!r} is not a finished studies/cpu/pretrain.py model directory "
                          f"(no readable pretrain.json: {e}); pretrain it first.") from None
 
 
@@ -112,8 +115,8 @@ def _lineage(summary: dict) -> dict:
 
 
 def _math_domain(args):
-    from exit_jax.training import domains
-    return domains.math(num_train=args.corpus_tasks, num_eval=max(args.eval_tasks, 1),
+    from exit_jax.envs import domains
+    return domains.math_domain(num_train=args.corpus_tasks, num_eval=max(args.eval_tasks, 1),
                         families=args.families.split(","), levels=[int(v) for v in args.levels.split(",")],
                         seed=1000 + args.seed)  # a task stream apart from the RL runs' (seed 0)
 
@@ -122,11 +125,11 @@ def _mle_domain(args):
     """Every MLE-lite task but the held-out ones, plus procedural ones, to train on; the held-out to check."""
     from exit_jax.envs.mle import env as mle_env
     from exit_jax.envs.mle import lite, lite_specs
-    from exit_jax.training import domains
+    from exit_jax.envs import domains
     held_out = [i for i in args.held_out.split(",") if i]
     # one warm sandbox per task: the corpus builds task by task and only its debug examples run scripts
     train_ids = [s.id for s in lite_specs.specs() if s.id not in held_out]
-    domain = domains.mle(train_ids=train_ids, eval_ids=held_out, sandboxes_per_task=1)
+    domain = domains.mle_domain(train_ids=train_ids, eval_ids=held_out, sandboxes_per_task=1)
     # seed 1000 + seed: apart from any task stream an RL run or test draws
     procedural = tuple(map(mle_env.as_task, lite.procedural_tasks(args.procedural_tasks, seed=1000 + args.seed)))
     return dataclasses.replace(domain, train_tasks=domain.train_tasks + procedural)
@@ -140,14 +143,15 @@ def check_math(lm, domain, args) -> dict:
     """Accuracy at k = 0 and k = 1 on held-out math tasks: greedy (1 chain) and T = 1 (eval_n chains)."""
     from exit_jax.envs import math as math_env
     from exit_jax.evaluation import self_improve
-    from exit_jax.training.policy import SamplingConfig, TextPolicy
+    from exit_jax.sampling.text_policy import SamplingConfig, TextPolicy
     tasks = domain.eval_tasks[:args.eval_tasks]
     out = {"num_tasks": len(tasks)}
     sampling = SamplingConfig(max_new_tokens=96, max_prompt_tokens=args.max_len, min_bucket=128)
     policy = TextPolicy(lm, sampling)  # one policy: temperature is traced, the compiled samplers are shared
+    bound = policy.bind(lm.params, seed=0)
     for name, temperature, n in (("greedy", 0.0, 1), ("t1", 1.0, args.eval_n)):
         policy.config = dataclasses.replace(sampling, temperature=temperature)
-        result = self_improve.evaluate(policy, tasks, domain.make_env, K=1, n=n, grade_batch=math_env.grade_tasks,
+        result = self_improve.evaluate(bound, tasks, domain.make_env, K=1, n=n, grade_batch=math_env.grade_tasks,
                                        keep_responses=True,
                                        group_of=lambda t: f"{t.data.get('family')}/L{t.data.get('level')}")
         record = result.to_dict()
@@ -161,14 +165,15 @@ def check_mle(lm, domain, args) -> dict:
     """First attempts on held-out MLE tasks, greedy (1) and T=1 (eval_n): valid fraction, mean normalized
     score and the errors, per task; the RL study needs a warm start whose scripts run on unseen tasks."""
     from exit_jax.evaluation import greedy_search
-    from exit_jax.training.policy import SamplingConfig, TextPolicy
+    from exit_jax.sampling.text_policy import SamplingConfig, TextPolicy
     tasks = domain.eval_tasks[:args.eval_tasks]
-    sampling = SamplingConfig(max_new_tokens=544, max_prompt_tokens=2048, min_bucket=128)  # study/mle.gin's
+    sampling = SamplingConfig(max_new_tokens=544, max_prompt_tokens=2048, min_bucket=128)  # as the study's mle.gin
     policy = TextPolicy(lm, sampling)
     out = {"num_tasks": len(tasks)}
     for name, temperature, n in (("greedy", 0.0, 1), ("t1", 1.0, args.eval_n)):
         policy.config = dataclasses.replace(sampling, temperature=temperature)
-        replies = policy.generate([list(domain.make_env(t).reset()) for t in tasks], num_samples=n, seed=0)
+        replies = [[c.text for c in row] for row in
+                   policy.sample(lm.params, [list(domain.make_env(t).reset()) for t in tasks], n, seed=0)]
         per_task = {}
         for task, row in zip(tasks, replies):
             graded = [greedy_search.grade_reply(domain.make_env, task, r) for r in row]
@@ -185,7 +190,7 @@ def pretrain(args, digest: str, work: str) -> dict:
     import numpy as np
 
     from exit_jax import models
-    from exit_jax.pretrain import sft
+    from studies.cpu.warm_start import sft
     domain = _domain(args)
     corpus = importlib.import_module(CORPORA[args.domain])
     examples = corpus.examples(domain.train_tasks, domain.make_env, np.random.default_rng(args.seed), args.examples)
@@ -277,6 +282,7 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    import gin_cli  # launch/ is on sys.path when this runs as a script
+    sys.path.insert(0, os.path.join(REPO, "launch"))
+    import gin_cli
     gin_cli.tune_malloc()  # as launch/train.py: keep freed memory in the process
     raise SystemExit(main(sys.argv[1:]))

@@ -16,7 +16,7 @@ Replies are kept to one line of working: `<step>, <step>. The answer is \\boxed{
 trace of small operations (`39 - 3 = 36`) that the model can learn one at a time; problems whose text we
 do not parse get a bare `The answer is \\boxed{x}.`. A correct reply always boxes the task's gold answer
 string, so the grader scores it 1 whatever our parser did. The traces and their parsers are in
-`exit_jax.pretrain.math_traces`.
+`studies.cpu.warm_start.math_traces`.
 """
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ from exit_jax.curriculum.config import CurriculumConfig
 from exit_jax.envs.base import Env, Task
 from exit_jax.envs.math.answers import canonical
 from exit_jax.envs.math.generator import BOXED_INSTRUCTION
-from exit_jax.pretrain import math_traces as traces
-from exit_jax.pretrain.example import Example
+from studies.cpu.warm_start import math_traces as traces
+from studies.cpu.warm_start.example import Example
 
 KINDS = ("attempt", "improve", "diverge", "drill")
 

@@ -10,14 +10,15 @@ import time
 
 import pytest
 
-from exit_jax.evaluation import study, study_report
 from exit_jax.evaluation.eval_json import make_eval_record, write_eval_json
+from studies.cpu import report, study
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GIN_DIR = os.path.join(REPO, "studies", "cpu", "gin")
 
 
 def _load_launcher():
-    spec = importlib.util.spec_from_file_location("study_launcher", os.path.join(REPO, "launch", "study.py"))
+    spec = importlib.util.spec_from_file_location("study_launcher", os.path.join(REPO, "studies", "cpu", "run.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -105,7 +106,7 @@ def test_table_mean_and_standard_error_match_hand_computation():
     assert study.mean_sem([0.1, 0.2, 0.3]) == pytest.approx((0.2, 0.1 / math.sqrt(3)))
     assert study.mean_sem([0.5]) == (0.5, 0.0)
     assert all(math.isnan(v) for v in study.mean_sem([None, float("nan")]))
-    table = "\n".join(study_report.score_table("math", methods))
+    table = "\n".join(report.score_table("math", methods))
     exit_row = next(line for line in table.splitlines() if "Full ExIt" in line)
     cells = [c.strip() for c in exit_row.strip("|").split("|")]
     assert cells[1:5] == ["3", "20.0 ± 5.8", "40.0 ± 15.3", "+20.0 ± 10.0"]
@@ -113,16 +114,16 @@ def test_table_mean_and_standard_error_match_hand_computation():
     grpo_row = next(line for line in table.splitlines() if line.startswith("| GRPO"))
     assert "20.0 ± 0.0" in grpo_row and "+0.0 ± 0.0" in grpo_row
     # Difference to GRPO: 40 - 20 = +20 at k=16 with SE hypot(15.28, 0) and z = 20 / 15.28 = 1.3.
-    versus = "\n".join(study_report.versus_table(methods))
+    versus = "\n".join(report.versus_table(methods))
     assert "+20.0 ± 15.3, +1.3 SE" in versus and "+20.0 ± 10.0, +2.0 SE" in versus
 
 
 def test_single_seed_and_missing_values_are_shown_plainly():
     methods = {"base": _records([0.5], [0.25], K=2), "grpo": _records([0.5], [0.5], K=2)}
-    row = study_report.score_table("mle", methods)[2]
+    row = report.score_table("mle", methods)[2]
     assert "| 50.0 | 25.0 | -25.0 |" in row and "2 → 4" in row
     assert study.fmt([]) == "n/a"
-    versus = "\n".join(study_report.versus_table(methods))
+    versus = "\n".join(report.versus_table(methods))
     assert "-25.0 (1 seed: no SE)" in versus and "±" not in versus
 
 
@@ -131,7 +132,7 @@ def test_tables_markdown_has_every_section(tmp_path):
            "net_corrections_by_k": [0.0, 1.0, 1.0],
            "training": {"iterations": 3, "sampled_tokens": 900, "reward_start": 0.1, "reward_end": 0.2},
            "curriculum": {"distinct_instances_seen": 10.0, "sampled_depth_mean": 1.5}}
-    text = study_report.tables_markdown({"math": {"grpo": [rec], "exit": [dict(rec, seed=1)]}}, "quick")
+    text = report.tables_markdown({"math": {"grpo": [rec], "exit": [dict(rec, seed=1)]}}, "quick")
     for needle in ("## math", "Difference to GRPO", "Net corrections", "Curriculum statistics",
                    "| + diversity bonus (Full ExIt) | 3 | 1 |", "≈ 160–170", "| 1.26 |"):
         assert needle in text, needle
@@ -144,12 +145,12 @@ def test_plan_order_and_commands(tmp_path):
     assert [s.name for s in specs[:4]] == ["math/base/seed0", "math/exit/seed0", "mle/base/seed0",
                                            "mle/exit/seed0"]
     assert specs[0].workdir == os.path.join(str(tmp_path), "math", "base", "seed0")
-    base = study.train_command(specs[0], "study/math.gin", "/m", "py", "train.py", bindings=["A=1"])
-    assert base == ["py", "train.py", "--gin_file=study/math.gin", "--gin_file=grpo.gin", "--gin.MODEL='/m'",
+    base = study.train_command(specs[0], "/g/math.gin", "/m", "py", "train.py", bindings=["A=1"])
+    assert base == ["py", "train.py", "--gin_file=/g/math.gin", "--gin_file=grpo.gin", "--gin.MODEL='/m'",
                     f"--gin.WORKDIR='{specs[0].workdir}'", "--gin.SEED=0", "--gin.NUM_ITERATIONS=0",
                     "--gin.A=1"]
-    ex = study.train_command(specs[5], "study/mle.gin", "smoke", "py", "train.py", ["study/models_mle.gin"])
-    assert ex[2:5] == ["--gin_file=study/mle.gin", "--gin_file=study/models_mle.gin", "--gin_file=exit.gin"]
+    ex = study.train_command(specs[5], "/g/mle.gin", "smoke", "py", "train.py", ["/g/models_mle.gin"])
+    assert ex[2:5] == ["--gin_file=/g/mle.gin", "--gin_file=/g/models_mle.gin", "--gin_file=exit.gin"]
     assert "--gin.SEED=1" in ex and not any("NUM_ITERATIONS" in a for a in ex)
     with pytest.raises(ValueError, match="unknown"):
         study.parse_list("grpo,exitt", study.METHODS, "methods")
@@ -178,7 +179,7 @@ def test_finished_runs_are_skipped_and_the_rest_run(tmp_path, monkeypatch):
                         "--root", str(root), "--out", str(out), "--model", "smoke"])
     assert rc == 0
     assert len(calls) == 1 and "--gin_file=exit.gin" in calls[0]  # the finished GRPO run was skipped
-    assert "--gin_file=study/math_quick.gin" in calls[0] and "--gin.MODEL='smoke'" in calls[0]
+    assert f"--gin_file={GIN_DIR}/math_quick.gin" in calls[0] and "--gin.MODEL='smoke'" in calls[0]
     results = json.loads(out.read_text())
     assert set(results["math"]) == {"grpo", "exit"}
     meta = json.loads((out.parent / "cpu_study_meta.json").read_text())
@@ -206,12 +207,12 @@ def test_a_failed_run_is_reported_and_the_study_goes_on(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_end_to_end_on_the_smoke_model(tmp_path):
     out = tmp_path / "results" / "cpu_study.json"
-    cmd = [sys.executable, os.path.join(REPO, "launch", "study.py"), "--preset", "quick", "--domains", "math",
+    cmd = [sys.executable, os.path.join(REPO, "studies", "cpu", "run.py"), "--preset", "quick", "--domains", "math",
            "--methods", "exit", "--seeds", "0", "--model", "smoke", "--root", str(tmp_path / "runs"),
            "--out", str(out), "--gin", "loop.RunConfig.sampled_token_budget=1",
-           "--gin", "loop.RunConfig.prompts_per_iteration=2", "--gin", "domains.math.num_train=16",
-           "--gin", "policy.SamplingConfig.max_new_tokens=16", "--gin", "study.final_evaluation.K=1",
-           "--gin", "study.final_evaluation.n=2", "--gin", "study.final_evaluation.num_tasks=4"]
+           "--gin", "loop.RunConfig.prompts_per_iteration=2", "--gin", "domains.math_domain.num_train=16",
+           "--gin", "policy.SamplingConfig.max_new_tokens=16", "--gin", "study.evaluate_and_report.K=1",
+           "--gin", "study.evaluate_and_report.n=2", "--gin", "study.evaluate_and_report.num_tasks=4"]
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -319,7 +320,7 @@ def test_pretraining_stages_chain_and_the_gin_files_point_at_the_last(tmp_path, 
     with pytest.raises(SystemExit, match="pretraining math failed"):
         launcher.pretrain("math", str(tmp_path))
     for domain, stages in study.PRETRAIN_STAGES.items():  # a manual train.py run finds the study's model
-        with open(os.path.join(REPO, "gin", "study", f"{domain}.gin"), encoding="utf-8") as f:
+        with open(os.path.join(GIN_DIR, f"{domain}.gin"), encoding="utf-8") as f:
             assert f'\nMODEL = "runs/study/pretrain/{stages[-1][0]}"\n' in f.read()
 
 

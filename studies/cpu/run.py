@@ -1,13 +1,14 @@
 """The CPU-scale reproduction study, end to end, in one command:
 
-    nice -n 10 python launch/study.py                      # full: 2 domains x (base + 5 methods) x 3 seeds
-    nice -n 10 python launch/study.py --preset quick       # a quick look: 1 seed, base / GRPO / ExIt
-    python launch/study.py --domains math --methods grpo,exit --seeds 0 --model smoke   # wiring check
+    nice -n 10 python studies/cpu/run.py                   # full: 2 domains x (base + 5 methods) x 3 seeds
+    nice -n 10 python studies/cpu/run.py --preset quick    # a quick look: 1 seed, base / GRPO / ExIt
+    python studies/cpu/run.py --domains math --methods grpo,exit --seeds 0 --model smoke   # wiring check
 
-It (a) SFT-warm-starts one small model per domain (launch/pretrain.py, cached), (b) trains and evaluates
-every domain x method x seed with launch/train.py and gin/study/{domain}[_quick].gin, --jobs runs at a
-time (a run with eval.json is skipped; an interrupted one resumes from its checkpoint), (c) aggregates the runs
-into --out (cpu_study.json) and (d) writes cpu_study_meta.json, cpu_study_tables.md and PNGs beside it.
+It (a) SFT-warm-starts one small model per domain (studies/cpu/pretrain.py, cached), (b) trains and
+evaluates every domain x method x seed with launch/train.py and studies/cpu/gin/{domain}[_quick].gin,
+--jobs runs at a time (a run with eval.json is skipped; an interrupted one resumes from its checkpoint),
+(c) aggregates the runs into --out (cpu_study.json) and (d) writes cpu_study_meta.json,
+cpu_study_tables.md and PNGs beside it.
 """
 import argparse
 import concurrent.futures
@@ -20,9 +21,12 @@ import sys
 import threading
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STUDY_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(STUDY_DIR))
 sys.path.insert(0, REPO)
-from exit_jax.evaluation import study, study_report  # noqa: E402  (imports no jax)
+from studies.cpu import report, study  # noqa: E402  (imports no jax)
+
+GIN_DIR = os.path.join(STUDY_DIR, "gin")  # the study's configs, given to launch/train.py by absolute path
 
 
 def log(msg: str) -> None:
@@ -35,12 +39,15 @@ def hms(seconds: float) -> str:
 
 
 def call(cmd: list, log_path: str) -> int:
-    """Runs `cmd` in the repository, appending its output to `log_path`; returns the exit status.
-    (launch/train.py and launch/pretrain.py tune glibc's malloc themselves: gin_cli.tune_malloc.)"""
+    """Runs `cmd` in the repository, appending its output to `log_path`; returns the exit status. The
+    repository root goes on PYTHONPATH: the study's gin files import `studies.cpu.study`, which
+    launch/train.py would not find otherwise. (launch/train.py and pretrain.py tune glibc's malloc
+    themselves: gin_cli.tune_malloc.)"""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p))
     with open(log_path, "a", encoding="utf-8") as f:
         f.write(f"\n$ {' '.join(cmd)}\n")
         f.flush()
-        return subprocess.run(cmd, check=False, cwd=REPO, stdout=f, stderr=subprocess.STDOUT).returncode
+        return subprocess.run(cmd, check=False, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
 
 
 def stage_dir(root: str, name: str) -> str:
@@ -50,7 +57,7 @@ def stage_dir(root: str, name: str) -> str:
 
 def pretrain(domain: str, root: str) -> str:
     """Builds (or finds cached) the domain's warm-start stages (study.PRETRAIN_STAGES); returns the last."""
-    script = os.path.join(REPO, "launch", "pretrain.py")
+    script = os.path.join(STUDY_DIR, "pretrain.py")
     if not os.path.exists(script):
         raise SystemExit(f"error: {script} is missing; pass --model SOURCE (e.g. --model smoke) to skip "
                          "pretraining.")
@@ -101,8 +108,8 @@ class Progress:
 
 def run_and_report(i: int, spec, preset, models: dict, identities: dict, args, progress: Progress) -> str | None:
     """Trains and evaluates one run; returns its name if it failed."""
-    gin_file = f"study/{spec.domain}{preset.gin_suffix}.gin"
-    extra = [f for f in (f"study/models_{spec.domain}.gin",) if os.path.exists(os.path.join(REPO, "gin", f))]
+    gin_file = os.path.join(GIN_DIR, f"{spec.domain}{preset.gin_suffix}.gin")
+    extra = [f for f in (os.path.join(GIN_DIR, f"models_{spec.domain}.gin"),) if os.path.exists(f)]
     cmd = study.train_command(spec, gin_file, models[spec.domain], sys.executable,
                               os.path.join(REPO, "launch", "train.py"), extra, args.gin)
     n = progress.total
@@ -179,8 +186,8 @@ def main(argv=None) -> int:
     metrics = study.load_metrics(specs)
     tables = os.path.join(out_dir, "cpu_study_tables.md")
     with open(tables, "w", encoding="utf-8") as f:
-        f.write(study_report.tables_markdown(results, args.preset))
-    plots = study_report.write_plots(results, out_dir, metrics)
+        f.write(report.tables_markdown(results, args.preset))
+    plots = report.write_plots(results, out_dir, metrics)
     meta = {"preset": args.preset, "command": [os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]],
             "started": started, "finished": datetime.datetime.now().isoformat(timespec="seconds"),
             "wall_s_this_invocation": round(time.time() - t_start, 1), "git_commit": study.git_commit(REPO),

@@ -6,12 +6,12 @@ model's chat template. Training and evaluation share it, so a policy is evaluate
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from exit_jax.sampling import Sampler
-from exit_jax.training import prompt_fit
+from exit_jax.sampling.sampler import Sampler
+from exit_jax.sampling import prompt_fit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,18 +51,17 @@ class SamplingConfig:
 
 
 class TextPolicy:
-    """Samples replies to chat conversations with the current params (set `params` before sampling)."""
+    """Samples replies to chat conversations with the params and seed each call is given. Holds no
+    params and no random state: only the model's config and tokenizer and the compiled samplers."""
 
     def __init__(self, lm, config: SamplingConfig, stop_strings: Sequence[str] = (), mesh=None, lora=None):
         """lora: a models.lora.LoraConfig when the params it is given carry unmerged adapters."""
         self.lm = lm
         self.lora = lora
         self.config = config
-        self.params = lm.params
         self.stop_strings = tuple(stop_strings)
         self.mesh = mesh  # prompts split over its first axis; params may be sharded over it
         self._samplers: dict = {}
-        self.calls = 0  # sampler invocations, folded into each call's seed
 
     def _sampler(self, num_samples: int) -> Sampler:
         if num_samples not in self._samplers:
@@ -116,10 +115,11 @@ class TextPolicy:
                 raise ValueError(f"SamplingConfig.max_prompt_tokens={limit} cannot hold the {n}-token opening "
                                  f"prompt of task {task_id!r}; raise it to at least {n}.")
 
-    def sample(self, conversations: Sequence[Sequence[dict]], num_samples: int, seed: int,
+    def sample(self, params, conversations: Sequence[Sequence[dict]], num_samples: int, seed: int,
                temperature: Optional[float] = None, first_index: int = 0) -> list:
-        """[len(conversations)][num_samples] Completions. first_index: the index of conversations[0] in
-        a larger batch sampled in parts (a row's random draws depend on its index and the seed only)."""
+        """[len(conversations)][num_samples] Completions sampled with `params`. first_index: the index of
+        conversations[0] in a larger batch sampled in parts (a row's random draws depend on its index and
+        the seed only)."""
         if not conversations:
             return []
         cfg = self.config
@@ -129,13 +129,12 @@ class TextPolicy:
         for start in range(0, len(encoded), step):
             part = encoded[start:start + step]
             out = self._sampler(num_samples)(
-                self.params, [ids for ids, _ in part],
+                params, [ids for ids, _ in part],
                 temperature=cfg.temperature if temperature is None else temperature,
                 top_k=cfg.top_k, top_p=cfg.top_p, seed=seed, first_index=first_index + start)
             if self.stop_strings:
                 out = out.truncate_at_stop_strings(self.stop_strings, self.lm.tokenizer.decode)
             result += self._completions(out, part, num_samples)
-        self.calls += 1
         return result
 
     def _completions(self, out, encoded, num_samples: int) -> list:
@@ -156,8 +155,23 @@ class TextPolicy:
             result.append(row)
         return result
 
-    def generate(self, conversations: Sequence[Sequence[dict]], num_samples: int = 1,
-                 seed: Optional[int] = None) -> list:
-        """The evaluation `Policy` protocol: reply texts [len(conversations)][num_samples]."""
-        seed = self.calls if seed is None else seed
-        return [[c.text for c in row] for row in self.sample(conversations, num_samples, seed)]
+    def bind(self, params, seed: int) -> "BoundPolicy":
+        """The evaluation's `Policy` (reply texts only) over fixed params."""
+        return BoundPolicy(self, params, seed)
+
+
+@dataclasses.dataclass
+class BoundPolicy:
+    """A TextPolicy with fixed params, as the evaluation drives it (`generate`, the `Policy` protocol).
+    Its i-th call samples with seed + i: an evaluation's draws follow from the seed it was bound with and
+    its own sequence of calls, whatever sampled before."""
+    policy: TextPolicy
+    params: Any
+    seed: int
+    calls: int = 0
+
+    def generate(self, conversations: Sequence[Sequence[dict]], num_samples: int = 1) -> list:
+        """Reply texts [len(conversations)][num_samples]."""
+        rows = self.policy.sample(self.params, conversations, num_samples, self.seed + self.calls)
+        self.calls += 1
+        return [[c.text for c in row] for row in rows]

@@ -1,6 +1,6 @@
 """Task domains as the training loop sees them: base tasks, held-out tasks, an env factory, stop strings.
 
-Each constructor is what a domain .gin file binds (`train.domain = @domains.math()`); its arguments are
+Each constructor is what a domain .gin file binds (`train.domain = @domains.math_domain()`); its arguments are
 the domain's knobs. Environments are built per rollout (`make_env(task)`), never shared.
 """
 from __future__ import annotations
@@ -34,11 +34,11 @@ class Domain:
             raise ValueError(f"domain {self.name!r} has no training tasks.")
 
 
-def math(num_train: int = 1280, num_eval: int = 64, families: Optional[Sequence[str]] = None,
-         levels: Sequence[int] = (1, 2, 3, 4, 5), train_file: Optional[str] = None,
-         eval_file: Optional[str] = None, system_prompt: Optional[str] = None, seed: int = 0,
-         anchorless: str = "latex", train_split: str = "train", eval_split: str = "test",
-         problem_field: str = "problem", answer_field: Optional[str] = None) -> Domain:
+def math_domain(num_train: int = 1280, num_eval: int = 64, families: Optional[Sequence[str]] = None,
+                levels: Sequence[int] = (1, 2, 3, 4, 5), train_file: Optional[str] = None,
+                eval_file: Optional[str] = None, system_prompt: Optional[str] = None, seed: int = 0,
+                anchorless: str = "latex", train_split: str = "train", eval_split: str = "test",
+                problem_field: str = "problem", answer_field: Optional[str] = None) -> Domain:
     """Procedural competition math (offline default), or the user's data (docs/data.md).
 
     `train_file` / `eval_file`: a .jsonl/.json/.parquet file, or the folder of a prepared
@@ -70,11 +70,11 @@ def math(num_train: int = 1280, num_eval: int = 64, families: Optional[Sequence[
                   grade_batch=functools.partial(math_env.grade_tasks, grader=grader))
 
 
-def tool_use(protocol: str = "json_tag", train_user_turns: Optional[int] = 1,
-             train_max_responses: Optional[int] = 10, eval_max_responses: Optional[int] = 60,
-             num_train: Optional[int] = None, num_eval: Optional[int] = None,
-             categories: Sequence[str] = ("multi_turn_base",),
-             call_time_limit_s: float = 5.0) -> Domain:
+def tool_use_domain(protocol: str = "json_tag", train_user_turns: Optional[int] = 1,
+                    train_max_responses: Optional[int] = 10, eval_max_responses: Optional[int] = 60,
+                    num_train: Optional[int] = None, num_eval: Optional[int] = None,
+                    categories: Sequence[str] = ("multi_turn_base",),
+                    call_time_limit_s: float = 5.0) -> Domain:
     """BFCL v3 multi-turn categories (the paper: multi_turn_base) with the paper's 100/100 split
     (docs/paper.md §9), applied to every category by entry number (envs.tool_use.split).
 
@@ -84,7 +84,7 @@ def tool_use(protocol: str = "json_tag", train_user_turns: Optional[int] = 1,
     """
     from exit_jax.envs.tool_use import bfcl, split
     if isinstance(categories, str) or not categories:
-        raise ValueError(f"domains.tool_use.categories={categories!r}: give a non-empty list of BFCL "
+        raise ValueError(f"domains.tool_use_domain.categories={categories!r}: give a non-empty list of BFCL "
                          "categories, e.g. [\"multi_turn_base\", \"multi_turn_miss_func\"].")
     train = [t for c in categories for t in split.split_entries("train", c)][:num_train]
     held_out = [t for c in categories for t in split.split_entries("test", c)][:num_eval]
@@ -97,9 +97,9 @@ def tool_use(protocol: str = "json_tag", train_user_turns: Optional[int] = 1,
                   make_eval_env=make_eval_env, multi_turn=True, eval_steps=4)
 
 
-def mle(train_ids: Optional[Sequence[str]] = None, eval_ids: Optional[Sequence[str]] = None,
-        time_limit_s: float = 60.0, mlebench_dir: Optional[str] = None,
-        competitions_dir: Optional[str] = None, sandboxes_per_task: int = 2) -> Domain:
+def mle_domain(train_ids: Optional[Sequence[str]] = None, eval_ids: Optional[Sequence[str]] = None,
+               time_limit_s: float = 60.0, mlebench_dir: Optional[str] = None,
+               competitions_dir: Optional[str] = None, sandboxes_per_task: int = 2) -> Domain:
     """MLE-lite tasks (offline default) or competitions prepared by openai/mle-bench (`mlebench_dir`;
     `competitions_dir` = mle-bench's mlebench/competitions for leaderboards and medals).
 

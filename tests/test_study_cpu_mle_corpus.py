@@ -5,13 +5,14 @@ import functools
 import numpy as np
 import pytest
 
-from exit_jax.curriculum import episodes, prompts
+from exit_jax.curriculum import episodes
+from exit_jax.envs.mle import prompts as mle_prompts
 from exit_jax.curriculum.config import CurriculumConfig
 from exit_jax.envs.mle import lite, lite_specs, sandbox
 from exit_jax.envs.mle.env import MLEEnv, extract_code
 from exit_jax.evaluation import greedy_search
-from exit_jax.pretrain import mle_corpus as mc
-from exit_jax.pretrain.example import Example
+from studies.cpu.warm_start import mle_corpus as mc
+from studies.cpu.warm_start.example import Example
 
 needs_bwrap = pytest.mark.skipif(not sandbox.bwrap_available(), reason="bwrap cannot create namespaces here")
 
@@ -114,7 +115,7 @@ def test_messages_are_what_training_and_evaluation_build(tasks):
             assert ex.messages == opening  # the base task's prompt around the starter script
             continue
         text = ex.messages[-1]["content"]
-        assert len(ex.messages) == 1 and prompts.MLE_GOALS[kind] in text
+        assert len(ex.messages) == 1 and mle_prompts.MLE_GOALS[kind] in text
         previous = text.split("```python\n", 1)[1].split("\n```", 1)[0]
         # greedy search (evaluation) and ExIt replay episodes (training) build the same conversation
         assert ex.messages == greedy_search.iterate_conversation(opening, task, previous, kind)

@@ -15,11 +15,11 @@ from exit_jax.curriculum import prompts
 from exit_jax.envs import math as math_env
 from exit_jax.envs.mle import sandbox
 from exit_jax.evaluation.self_improve import improve_conversation
-from exit_jax.pretrain import math_corpus as mc
-from exit_jax.pretrain import math_traces
-from exit_jax.pretrain import sft
-from exit_jax.training import domains
-from exit_jax.training.policy import SamplingConfig, TextPolicy
+from exit_jax.envs import domains
+from exit_jax.sampling.text_policy import SamplingConfig, TextPolicy
+from studies.cpu.warm_start import math_corpus as mc
+from studies.cpu.warm_start import math_traces
+from studies.cpu.warm_start import sft
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = sft.study_config(vocab_size=400, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
@@ -29,12 +29,12 @@ TINY = sft.study_config(vocab_size=400, hidden_size=32, num_layers=1, num_heads=
 @pytest.fixture(scope="module")
 def every_family():
     """Two tasks of every family and level: parsed traces and the bare-answer fallback both appear."""
-    return domains.math(num_train=90, num_eval=1, seed=3)
+    return domains.math_domain(num_train=90, num_eval=1, seed=3)
 
 
 @pytest.fixture(scope="module")
 def study_tasks():
-    return domains.math(num_train=48, num_eval=1, families=("arith", "linear_eq", "number_theory", "word"),
+    return domains.math_domain(num_train=48, num_eval=1, families=("arith", "linear_eq", "number_theory", "word"),
                         levels=(1, 2), seed=5)
 
 
@@ -169,7 +169,8 @@ def test_sft_lowers_the_loss_and_round_trips(tiny, tmp_path):
 
 
 def _launcher():
-    spec = importlib.util.spec_from_file_location("pretrain_launcher", os.path.join(REPO, "launch", "pretrain.py"))
+    path = os.path.join(REPO, "studies", "cpu", "pretrain.py")
+    spec = importlib.util.spec_from_file_location("pretrain_launcher", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -219,7 +220,7 @@ def test_launcher_continues_an_earlier_model_with_its_tokenizer_and_weights(tmp_
     with open(os.path.join(first, "pretrain.json"), "w") as f:
         json.dump(s1, f)
     assert launcher.config_hash(args) != s2["config_hash"]
-    with pytest.raises(SystemExit, match="not a finished launch/pretrain.py model"):
+    with pytest.raises(SystemExit, match="not a finished studies/cpu/pretrain.py model"):
         launcher.main(["--out", second, "--init", str(tmp_path / "missing")] + argv)
 
 
@@ -237,8 +238,8 @@ def test_config_hash_ignores_unset_flags_so_the_math_model_stays_valid():
 def test_mle_corpus_holds_out_the_study_tasks():
     launcher = _launcher()
     args = launcher.parse(["--out", "x", "--domain", "mle", "--procedural_tasks", "3"])
-    with open(os.path.join(REPO, "gin", "study", "mle.gin")) as f:
-        gin_eval = re.search(r"^domains\.mle\.eval_ids = \[(.*)\]$", f.read(), re.M).group(1)
+    with open(os.path.join(REPO, "studies", "cpu", "gin", "mle.gin")) as f:
+        gin_eval = re.search(r"^domains\.mle_domain\.eval_ids = \[(.*)\]$", f.read(), re.M).group(1)
     assert args.held_out.split(",") == [i.strip().strip('"') for i in gin_eval.split(",")]
     domain = launcher._domain(args)
     train = [t.id for t in domain.train_tasks]

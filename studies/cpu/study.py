@@ -1,6 +1,6 @@
 """The CPU-scale reproduction study: run plan, aggregation, Table-1-style tables and plots.
 
-`launch/study.py` runs every domain x method x seed through `launch/train.py`; this module holds the pure
+`studies/cpu/run.py` runs every domain x method x seed through `launch/train.py`; this module holds the pure
 parts: which runs exist and where, when a run counts as finished, how its `eval.json` and `metrics.jsonl`
 become one seed record of `cpu_study.json`, and how those records become the tables and figures.
 
@@ -32,13 +32,13 @@ METHOD_LABELS = {"base": "Base model", "grpo": "GRPO", "curriculum": "+ curricul
 
 @dataclasses.dataclass(frozen=True)
 class Preset:
-    gin_suffix: str  # gin/study/{domain}{gin_suffix}.gin
+    gin_suffix: str  # studies/cpu/gin/{domain}{gin_suffix}.gin
     methods: tuple
     seeds: tuple
     domains: tuple = DOMAINS
 
 
-# launch/pretrain.py flags of each warm-start stage, run in order into ROOT/pretrain/<name>; a later stage
+# studies/cpu/pretrain.py flags of each warm-start stage, run in order into ROOT/pretrain/<name>; a later stage
 # continues the one before it (--init). The last stage is the domain's model. MLE: after 300 SFT steps the
 # model wrote valid scripts greedily on 1 of 3 held-out tasks and on none of 12 at T = 1 (undertrained:
 # see notebooks/cpu_study.md), so a second stage continues it on a fresh corpus (seed 1: other examples,
@@ -261,7 +261,7 @@ def load_metrics(specs: Sequence[RunSpec]) -> dict:
 
 
 def run_infos(specs: Sequence[RunSpec], relative_to: str | None = None) -> list[dict]:
-    """Per run: where it lives, whether it finished, and the wall time launch/study.py measured for it
+    """Per run: where it lives, whether it finished, and the wall time studies/cpu/run.py measured for it
     (summed over resumed attempts; None when it was run some other way)."""
     infos = []
     for spec in specs:
@@ -323,19 +323,19 @@ class ChunkedPolicy:
         return out
 
 
-def final_evaluation(policy, domain, workdir: str, method: str, seed: int = 0,
-                     iteration: int | None = None, *, num_tasks: int | None = 16, K: int | None = None,
-                     n: int = 8, max_rows: int = 64) -> dict:
-    """`training.evaluate.final_evaluation` with the policy's calls chunked to `max_rows` rows (0: one
-    call per step, as the library does). The study's gin files bind this as `loop.train.evaluate_at_end`."""
-    from exit_jax.training import evaluate
+def evaluate_and_report(policy, domain, workdir: str, method: str, seed: int = 0,
+                        iteration: int | None = None, *, num_tasks: int | None = 16, K: int | None = None,
+                        n: int = 8, max_rows: int = 64) -> dict:
+    """`evaluation.evaluate.evaluate_and_report` with the policy's calls chunked to `max_rows` rows (0: one
+    call per step, as the library does). The study's gin files bind this as `loop.train.evaluate`."""
+    from exit_jax.evaluation import evaluate
     wrapped = ChunkedPolicy(policy, max_rows) if max_rows else policy
-    return evaluate.final_evaluation(wrapped, domain, workdir, method, seed=seed, num_tasks=num_tasks, K=K,
+    return evaluate.evaluate_and_report(wrapped, domain, workdir, method, seed=seed, num_tasks=num_tasks, K=K,
                                      n=n, iteration=iteration)
 
 
 def model_identity(source: str) -> str:
-    """What a run was trained from: a pretrained dir's config hash (launch/pretrain.py), else the source
+    """What a run was trained from: a pretrained dir's config hash (studies/cpu/pretrain.py), else the source
     as given (e.g. "smoke"). A finished run is only reused while this is unchanged."""
     path = os.path.join(source, "pretrain.json")
     if os.path.exists(path):
@@ -359,7 +359,7 @@ def stale_runs(specs: Sequence[RunSpec], identities: Mapping[str, str]) -> list[
 
 
 def pretrain_summary(model_dir: str) -> dict | None:
-    """The warm start's size, SFT cost and held-out check from launch/pretrain.py's pretrain.json."""
+    """The warm start's size, SFT cost and held-out check from studies/cpu/pretrain.py's pretrain.json."""
     path = os.path.join(model_dir, "pretrain.json")
     if not os.path.exists(path):
         return None
@@ -370,7 +370,7 @@ def pretrain_summary(model_dir: str) -> dict | None:
     check = {name: c["accuracy_by_k"] if "accuracy_by_k" in c else {"valid": c.get("valid"),
                                                                      "normalized": c.get("normalized")}
              for name, c in (info.get("check") or {}).items() if isinstance(c, dict)}
-    stages, init = [], info.get("init")  # earlier stages this model continued (launch/pretrain.py --init)
+    stages, init = [], info.get("init")  # earlier stages this model continued (pretrain.py --init)
     while init:
         stages.append({"config_hash": init["config_hash"], "sft_seconds": init["sft"].get("seconds"),
                        "sft_tokens": init["sft"].get("tokens")})

@@ -12,7 +12,7 @@ import os
 from typing import Optional
 
 from exit_jax.evaluation import eval_json, greedy_search, multi_turn, plots, self_improve
-from exit_jax.training.domains import Domain
+from exit_jax.envs.domains import Domain
 from exit_jax.training.metrics import read_metrics
 
 log = logging.getLogger(__name__)
@@ -45,9 +45,9 @@ def evaluate_policy(policy, domain: Domain, num_tasks: Optional[int] = None, K: 
                                                              executor=pool, on_step=progress)}
 
 
-def final_evaluation(policy, domain: Domain, workdir: str, method: str, seed: int = 0,
-                     num_tasks: Optional[int] = 16, K: Optional[int] = None, n: int = 8,
-                     iteration: Optional[int] = None) -> dict:
+def evaluate_and_report(policy, domain: Domain, workdir: str, method: str, seed: int = 0,
+                        num_tasks: Optional[int] = 16, K: Optional[int] = None, n: int = 8,
+                        iteration: Optional[int] = None) -> dict:
     """Evaluates, writes WORKDIR/eval.json and the plots; returns the eval.json record."""
     results = evaluate_policy(policy, domain, num_tasks=num_tasks, K=K, n=n)
     record = eval_json.make_eval_record(method, domain.name, results, seed=seed, iteration=iteration,

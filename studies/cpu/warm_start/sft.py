@@ -25,7 +25,7 @@ from exit_jax.models.config import ModelConfig
 from exit_jax.models.lm import LM
 from exit_jax.models.smoke import SPECIAL_TOKENS, smoke_lm
 from exit_jax.models.tokenizer import CHATML_TEMPLATE, Tokenizer
-from exit_jax.pretrain.example import Example
+from studies.cpu.warm_start.example import Example
 
 
 def study_config(vocab_size: int = 768, hidden_size: int = 128, num_layers: int = 4, num_heads: int = 4,

@@ -24,7 +24,7 @@ import numpy as np
 
 from exit_jax.envs.base import Env, Task
 from exit_jax.evaluation import greedy_search
-from exit_jax.pretrain.example import Example
+from studies.cpu.warm_start.example import Example
 
 # grading.METRICS kind -> how the script predicts. proba_binary and proba share one line, because
 # predict_proba(...)[:, -len(cols):] is P(positive) for one column and every class for several.

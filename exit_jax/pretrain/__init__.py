@@ -1,5 +1,0 @@
-"""Supervised warm-start of small models on procedurally generated attempts and revisions.
-
-Used by the CPU-scale reproduction study (launch/study.py): a 1-10M-parameter model is first taught the
-answer format and the self-iteration prompts by SFT, then trained with GRPO / ExIt like a real checkpoint.
-"""
