@@ -1,5 +1,5 @@
 """Prompts over the budget lose whole middle messages, never the system prompt (sampling.prompt_fit)."""
-import types
+import dataclasses
 
 import numpy as np
 import pytest
@@ -51,7 +51,7 @@ def test_fit_without_droppable_messages_returns_them():
 @pytest.fixture(scope="module")
 def smollm2_tokens():
     lm = models.load("smollm2-135m-instruct")
-    return types.SimpleNamespace(tokenizer=lm.tokenizer, config=lm.config, params=None)
+    return dataclasses.replace(lm, params=None)  # TextPolicy.encode needs the tokenizer and config only
 
 
 def _policy(lm, limit):

@@ -400,6 +400,25 @@ def test_sampling_in_parts_draws_what_one_call_draws(tmp_path, math_domain):
         SamplingConfig(prompts_per_call=-1)
 
 
+def test_an_accelerator_sized_config_started_on_a_cpu_names_the_cpu_sized_one():
+    """launch/train.py's CPU notice for the card's `mle.gin` (its failure would be silent: the notice is
+    advisory, so the launcher swallows its errors)."""
+    import gin
+    sys.path.insert(0, os.path.join(REPO, "launch"))
+    try:
+        import gin_cli
+        import train
+        gin_cli.parse(gin_cli.parse_args(["--gin_file=mle.gin"], ""))
+        notice = train.cpu_notice()
+        assert "sized for an accelerator" in notice and "studies/cpu/run.py" in notice
+        gin.clear_config()
+        gin_cli.parse(gin_cli.parse_args(["--gin_file=quickstart.gin"], ""))
+        assert train.cpu_notice() is None
+    finally:
+        gin.clear_config()
+        sys.path.remove(os.path.join(REPO, "launch"))
+
+
 @pytest.mark.parametrize("name", sorted(f for f in os.listdir(os.path.join(REPO, "gin", "models")) if f != "smoke.gin"))
 def test_every_model_gin_file_parses_after_a_domain_file(name):
     """The launchers' parse of `--gin_file=math.gin --gin_file=models/NAME`; its MODEL has a config
