@@ -325,7 +325,7 @@ def test_vocab_chunks_give_the_same_logprobs_entropy_and_gradients(params):
 
     def loss(p, chunk):
         logp, ent = learner.sequence_logprobs(p, *args, temperature=0.7, with_entropy=True, width=10,
-                                           vocab_chunk=chunk)
+                                              vocab_chunk=chunk)
         return jnp.sum(logp * batch["completion_mask"][:, -10:]), (logp, ent)
 
     whole = jax.jit(jax.grad(loss, has_aux=True), static_argnums=1)

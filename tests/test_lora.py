@@ -67,7 +67,7 @@ def test_sampler_logprobs_unmerged_and_merged_match_the_learner(params):
     # The learner scores the sampled tokens as the sampler drew them.
     row = list(prompts[0]) + out.tokens[0, 0].tolist()
     logp, _ = learner.sequence_logprobs(combined, MC, jnp.asarray([row], jnp.int32), jnp.ones((1, len(row)), bool),
-                                     width=8, lora=cfg)
+                                        width=8, lora=cfg)
     np.testing.assert_allclose(logp[0], out.logprobs[0, 0], atol=2e-5)
 
 

@@ -92,7 +92,7 @@ def test_row_estimate_agrees_with_the_compiler(layers, length):
     def temp(rows):
         spec = jax.ShapeDtypeStruct((rows, length), jnp.int32), jax.ShapeDtypeStruct((rows, length), bool)
         grad = jax.grad(lambda p, x, m: learner.sequence_logprobs(p, cfg, x, m, width=width, with_entropy=True,
-                                                               attention="blockwise")[0].sum())
+                                                                  attention="blockwise")[0].sum())
         return jax.jit(grad).lower(params, *spec).compile().memory_analysis().temp_size_in_bytes
 
     measured = temp(2) - temp(1)

@@ -35,7 +35,7 @@ def every_family():
 @pytest.fixture(scope="module")
 def study_tasks():
     return domains.math_domain(num_train=48, num_eval=1, families=("arith", "linear_eq", "number_theory", "word"),
-                        levels=(1, 2), seed=5)
+                               levels=(1, 2), seed=5)
 
 
 def _grades(tasks, replies):

@@ -153,11 +153,11 @@ def replay_episode(task: Task, make_env: MakeEnv, config: CurriculumConfig, turn
         error_trace=str(last.get("feedback", "")) if debug else "")
 
 
-def select(state: buffer.BufferState, seed: buffer.Seed, tasks: Sequence[Task], make_env: MakeEnv,
+def select(state: buffer.BufferState, seed: int | Sequence[int], tasks: Sequence[Task], make_env: MakeEnv,
            config: CurriculumConfig, n_groups: int, iteration: int = 0) -> tuple[buffer.BufferState, list]:
     """The episodes of one training iteration (Algorithm 1, one decision per prompt group): replay or base,
-    the buffer entry and its turn prefix, improve or diverge. The draws depend on `seed` only (the loop
-    passes (run seed, iteration)); the returned state counts the buffer draws."""
+    the buffer entry and its turn prefix, improve or diverge. The draws depend on `seed` (an int or a tuple
+    of ints) only: the loop passes (run seed, iteration). The returned state counts the buffer draws."""
     if not tasks:
         raise ValueError("select needs at least one base task.")
     # Two independent streams of the one seed: the decisions here, the buffer's draws of slots.
@@ -212,22 +212,22 @@ def child_turns(episode: Episode, rollout: Rollout) -> list:
 
 
 def record(state: buffer.BufferState, episodes: Sequence[Episode], groups: Sequence[Sequence[Rollout]],
-           group_rewards: Sequence[np.ndarray], config: CurriculumConfig,
+           training_rewards: Sequence[np.ndarray], config: CurriculumConfig,
            iteration: int) -> tuple[buffer.BufferState, np.ndarray]:
     """Scores every group and writes the outcome into the buffer; returns (state, S float64 [n_groups]).
 
-    `groups` holds the graded rollouts only (the loop leaves ungraded ones out) and `group_rewards` their
-    training rewards (`group_rewards(episode, group, config)`, computed once by the loop).
+    `groups` holds the graded rollouts only (the loop leaves ungraded ones out) and `training_rewards` their
+    rewards [len(group)] (`group_rewards(episode, group, config)`, computed once by the loop).
 
     All selected entries are re-scored before any insertion, so that a child never evicts a slot whose
     score is still to be overwritten. Only the prefixes that end at or after the start turn are inserted:
     shorter ones are the parent's own prefixes, already in the buffer.
     """
-    if not len(episodes) == len(groups) == len(group_rewards):
+    if not len(episodes) == len(groups) == len(training_rewards):
         raise ValueError(f"record got {len(episodes)} episodes, {len(groups)} rollout groups and "
-                         f"{len(group_rewards)} reward groups.")
+                         f"{len(training_rewards)} reward groups.")
     # A group left with no rollout (all ungraded) has no score: NaN, and its entry keeps its old one.
-    scores = np.asarray([rewards.learnability(r) if len(r) else np.nan for r in group_rewards], np.float64)
+    scores = np.asarray([rewards.learnability(r) if len(r) else np.nan for r in training_rewards], np.float64)
     if not config.use_buffer:
         return state, scores
     replayed = [i for i, ep in enumerate(episodes) if ep.kind == "replay" and len(groups[i])]

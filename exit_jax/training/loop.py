@@ -176,8 +176,8 @@ def _train(run: RunConfig, ckpt: Checkpointer, sync, model: Any, domain: Domain,
     lm = load_model(model, domain, run.workdir, model_dtype,
                     functools.partial(parallel.state_shardings, mesh=mesh) if sharded else None)
     run_fingerprint = fingerprint(model=lm.config, domain=domain.name, curriculum=curriculum, learner=learner,
-                     sampling=sampling, seed=run.seed, group_size=run.group_size,
-                     prompts_per_iteration=run.prompts_per_iteration)
+                                  sampling=sampling, seed=run.seed, group_size=run.group_size,
+                                  prompts_per_iteration=run.prompts_per_iteration)
     if learner.lora is not None:  # the checkpoints hold adapters only: the base they were trained on
         run_fingerprint["base_model"] = model if isinstance(model, str) else lm.config.name
     if sharded:

@@ -117,8 +117,8 @@ def _lineage(summary: dict) -> dict:
 def _math_domain(args):
     from exit_jax.envs import domains
     return domains.math_domain(num_train=args.corpus_tasks, num_eval=max(args.eval_tasks, 1),
-                        families=args.families.split(","), levels=[int(v) for v in args.levels.split(",")],
-                        seed=1000 + args.seed)  # a task stream apart from the RL runs' (seed 0)
+                               families=args.families.split(","), levels=[int(v) for v in args.levels.split(",")],
+                               seed=1000 + args.seed)  # a task stream apart from the RL runs' (seed 0)
 
 
 def _mle_domain(args):

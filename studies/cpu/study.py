@@ -331,7 +331,7 @@ def evaluate_and_report(policy, domain, workdir: str, method: str, seed: int = 0
     from exit_jax.evaluation import evaluate
     wrapped = ChunkedPolicy(policy, max_rows) if max_rows else policy
     return evaluate.evaluate_and_report(wrapped, domain, workdir, method, seed=seed, num_tasks=num_tasks, K=K,
-                                     n=n, iteration=iteration)
+                                        n=n, iteration=iteration)
 
 
 def model_identity(source: str) -> str:
